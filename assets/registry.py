@@ -1,0 +1,86 @@
+"""The registry entry: an MLflow model version with the adapter, lineage tags and aliases."""
+
+
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from pipeline.evaluation.report import beats_champion
+from pipeline.lineage import code_version
+from resources import ModelRegistry, RecipeResource
+from resources.mlflow_registry import CHALLENGER, CHAMPION
+
+UPSTREAM_DATA = ["seed_examples", "deduped_examples"]
+
+
+def _latest_data_version(context: dg.AssetExecutionContext, asset: str) -> str:
+    event = context.instance.get_latest_materialization_event(dg.AssetKey(asset))
+    if event is None or event.asset_materialization is None:
+        return "unknown"
+    return event.asset_materialization.tags.get("dagster/data_version", "unknown")
+
+
+@dg.asset(
+    group_name="registry",
+    kinds={"mlflow"},
+    description="A new MLflow model version of the adapter (and tokenizer) with lineage tags: base and hash, "
+    "data versions, recipe, code version, Dagster run, eval scores. Alias `challenger` always; `champion` when it "
+    "beats the current champion on the same held-out examples. Runs only when the blocking gate checks pass.",
+)
+def registry_entry(
+    context: dg.AssetExecutionContext,
+    eval_report: dict,
+    sft_checkpoint: dict,
+    base_model: dict,
+    recipe: RecipeResource,
+    registry: ModelRegistry,
+) -> dg.Output[dict]:
+    settings = recipe.load()
+    models = eval_report["models"]
+    tags = {
+        "base_model.name": base_model["name"],
+        "base_model.source": base_model["source"],
+        "base_model.source_sha256": base_model["source_sha256"],
+        "base_model.sha256": base_model["sha256"],
+        **{f"data.{a}": _latest_data_version(context, a) for a in UPSTREAM_DATA},
+        "data.train_split": sft_checkpoint["train_split_version"],
+        "data.heldout_split": eval_report["heldout_split_version"],
+        "data.sources": ",".join(s.path for s in settings.data.sources),
+        "recipe.name": settings.name,
+        "recipe.fingerprint": settings.fingerprint(),
+        "recipe.values": json.dumps(settings.model_dump(), sort_keys=True, separators=(",", ":")),
+        "code.version": code_version(),
+        "dagster.run_id": context.run_id,
+        "dagster.job": context.job_name,
+        "mlflow.run_id": sft_checkpoint.get("mlflow_run_id", ""),
+        "adapter.sha256": sft_checkpoint["adapter_sha256"],
+        "eval.base_rouge_l": str(models["base"]["rouge_l"]),
+        "eval.candidate_rouge_l": str(models["candidate"]["rouge_l"]),
+        "eval.rouge_l_gain": str(eval_report["rouge_l_gain_vs_base"]),
+        "eval.base_loss": str(models["base"]["loss"]),
+        "eval.candidate_loss": str(models["candidate"]["loss"]),
+        "eval.win_rate_vs_base": str(eval_report["win_rate_vs_base"]),
+        "eval.examples": str(eval_report["examples"]),
+    }
+    name = settings.registry.model_name
+    version = registry.register(name, sft_checkpoint["mlflow_run_id"], Path(sft_checkpoint["adapter_path"]), tags,
+                                description=f"{settings.name} on {base_model['name']}, Dagster run {context.run_id}")
+    registry.set_run_tags(sft_checkpoint["mlflow_run_id"], {"registered_version": version})
+    registry.set_alias(name, CHALLENGER, version)
+    aliases = [CHALLENGER]
+    if beats_champion(eval_report):
+        registry.set_alias(name, CHAMPION, version)
+        aliases.append(CHAMPION)
+    context.log.info(f"registered {name} v{version} with aliases {aliases}")
+    metadata = {
+        "model_name": name,
+        "version": version,
+        "aliases": ", ".join(aliases),
+        "tracking_uri": registry.uri,
+        "candidate_rouge_l": models["candidate"]["rouge_l"],
+    }
+    link = registry.run_link(sft_checkpoint["mlflow_run_id"])
+    if link:
+        metadata["mlflow_run"] = dg.MetadataValue.url(link)
+    return dg.Output({"model_name": name, "version": version, "aliases": aliases, "tags": tags}, metadata=metadata)

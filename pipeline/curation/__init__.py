@@ -1,0 +1,1 @@
+"""Curation: raw example files to clean, deduplicated, split chat records. No Dagster imports."""

@@ -1,0 +1,133 @@
+"""Curation blocks. Each takes records and returns the kept ones plus the dropped ones with a reason.
+
+A step is added by writing one block; `run_steps` chains them and keeps the books, so that
+records in = kept + dropped per reason holds for every step.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.curation.formats import MalformedRecord, normalise
+from pipeline.curation.readers import read_jsonl
+from pipeline.curation.records import Record, content_key, record_id
+from pipeline.recipe import DataRecipe
+from pipeline.paths import resolve
+
+Dropped = tuple[Record, str]
+Step = Callable[[list[Record]], tuple[list[Record], list[Dropped]]]
+
+
+@dataclass
+class StepReport:
+    name: str
+    records_in: int
+    kept: int
+    dropped: Counter = field(default_factory=Counter)
+    examples: list[dict] = field(default_factory=list)  # a few dropped records, to show in the UI
+
+    def balanced(self) -> bool:
+        return self.records_in == self.kept + sum(self.dropped.values())
+
+
+def run_steps(records: list[Record], steps: Iterable[tuple[str, Step]], examples_per_step: int = 3) -> tuple[list[Record], list[StepReport]]:
+    reports = []
+    for name, step in steps:
+        kept, dropped = step(records)
+        report = StepReport(name, len(records), len(kept), Counter(reason for _, reason in dropped))
+        report.examples = [{"id": rec.get("id"), "reason": reason} for rec, reason in dropped[:examples_per_step]]
+        if not report.balanced():
+            raise AssertionError(f"step {name} lost records: {report}")
+        reports.append(report)
+        records = kept
+    return records, reports
+
+
+# --- reading and normalising -------------------------------------------------------------------
+
+@dataclass
+class ReadResult:
+    records: list[Record]
+    quarantined: list[dict]  # {"file", "line", "reason", "detail", "raw"}
+    lines_read: int
+
+    @property
+    def quarantine_share(self) -> float:
+        return len(self.quarantined) / self.lines_read if self.lines_read else 0.0
+
+
+def read_sources(recipe: DataRecipe) -> ReadResult:
+    """Read and normalise every configured source; malformed lines are quarantined with file, line and reason."""
+    records, quarantined, lines = [], [], 0
+    for source in recipe.sources:
+        path = resolve(source.path)
+        for raw in read_jsonl(path):
+            lines += 1
+            where = {"file": raw.file, "line": raw.line}
+            if raw.error:
+                quarantined.append({**where, "reason": raw.error, "detail": raw.detail, "raw": None})
+                continue
+            try:
+                shape, messages = normalise(raw.value, source.format)
+                size = sum(len(m["content"]) for m in messages)
+                if size > recipe.max_chars:
+                    raise MalformedRecord("oversize", f"{size} characters > max_chars {recipe.max_chars}")
+            except MalformedRecord as e:
+                quarantined.append({**where, "reason": e.reason, "detail": e.detail, "raw": raw.value})
+                continue
+            meta = {k: v for k, v in raw.value.items() if k not in ("instruction", "input", "output", "system", "conversations", "messages")}
+            rid = record_id(messages)
+            group = meta.get(recipe.group_key)
+            records.append({
+                "id": rid,
+                "messages": messages,
+                "group": str(group) if group not in (None, "") else rid,
+                "source": str(Path(source.path).name),
+                "origin": {**where, "format": shape},
+                "meta": meta,
+            })
+    return ReadResult(records, quarantined, lines)
+
+
+# --- cleaning blocks -------------------------------------------------------------------------
+
+EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+EMAIL_PLACEHOLDER = "<EMAIL>"
+
+
+def scrub_emails(records: list[Record]) -> tuple[list[Record], list[Dropped]]:
+    """Replace e-mail addresses with a typed placeholder; nothing is dropped, the count goes to `meta`."""
+    out = []
+    for rec in records:
+        hits = 0
+        messages = []
+        for m in rec["messages"]:
+            text, n = EMAIL.subn(EMAIL_PLACEHOLDER, m["content"])
+            hits += n
+            messages.append({**m, "content": text})
+        out.append({**rec, "messages": messages, "meta": {**rec["meta"], "scrubbed_emails": hits}} if hits else rec)
+    return out, []
+
+
+def drop_exact_duplicates(records: list[Record]) -> tuple[list[Record], list[Dropped]]:
+    """Keep the first record of each normalised-text hash (input order is deterministic)."""
+    seen: set[str] = set()
+    kept, dropped = [], []
+    for rec in records:
+        key = content_key(rec["messages"])
+        if key in seen:
+            dropped.append((rec, "exact_duplicate"))
+        else:
+            seen.add(key)
+            kept.append(rec)
+    return kept, dropped
+
+
+DEFAULT_STEPS: list[tuple[str, Step]] = [
+    ("scrub_emails", scrub_emails),
+    ("exact_dedup", drop_exact_duplicates),
+]

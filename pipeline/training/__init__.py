@@ -1,0 +1,1 @@
+"""Training workloads. `python -m pipeline.training --spec spec.json` is what a subprocess or a pod runs."""

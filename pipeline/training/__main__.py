@@ -1,0 +1,93 @@
+"""Run one training job from a JSON spec, reporting to Dagster Pipes when launched by Dagster and to MLflow.
+
+    python -m pipeline.training --spec path/to/spec.json
+
+The spec holds the input paths, the training recipe and the MLflow run to log to (see `TrainingSpec`).
+The result comes back to the launching asset as a Pipes custom message and is also written to
+`<output_dir>/result.json`, so a run outside Dagster leaves the same record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from pipeline.recipe import TrainingRecipe
+
+
+class MlflowTarget(BaseModel):
+    tracking_uri: str
+    experiment: str
+    run_name: str
+    tags: dict[str, str] = {}
+
+
+class TrainingSpec(BaseModel):
+    train_path: str
+    base_path: str
+    output_dir: str
+    training: TrainingRecipe
+    mlflow: MlflowTarget | None = None
+
+
+def _flatten(prefix: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out.update(_flatten(f"{prefix}.{k}" if prefix else k, v))
+        return out
+    return {prefix: value}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.training", description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", required=True, type=Path, help="JSON file with a TrainingSpec")
+    args = parser.parse_args(argv)
+    spec = TrainingSpec.model_validate_json(args.spec.read_text())
+
+    from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
+
+    with ExitStack() as stack:
+        pipes = stack.enter_context(open_dagster_pipes()) if PipesEnvVarParamsLoader().is_dagster_pipes_process() else None
+        log = pipes.log if pipes else logging.getLogger("pipeline.training")
+        if not pipes:
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+        mlflow = None
+        if spec.mlflow:
+            import mlflow
+
+            mlflow.set_tracking_uri(spec.mlflow.tracking_uri)
+            mlflow.set_experiment(spec.mlflow.experiment)
+            run = stack.enter_context(mlflow.start_run(run_name=spec.mlflow.run_name, tags=spec.mlflow.tags))
+            mlflow.log_params(_flatten("training", spec.training.model_dump()))
+
+        def report(message: str, metrics: dict[str, Any]) -> None:
+            log.info(message)
+            if mlflow and metrics:
+                step = int(metrics.get("step", 0))
+                mlflow.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=step)
+
+        from pipeline.training.sft import train_sft
+
+        result = train_sft(Path(spec.train_path), Path(spec.base_path), Path(spec.output_dir), spec.training, report).to_dict()
+        if mlflow:
+            result["mlflow_run_id"] = run.info.run_id
+            if result["train_loss"] is not None:
+                mlflow.log_metric("train_loss_final", result["train_loss"])
+        Path(spec.output_dir, "result.json").write_text(json.dumps(result, indent=2))
+        if pipes:
+            pipes.report_custom_message(result)
+    return result
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

@@ -1,0 +1,97 @@
+"""The bucket: a local folder by default, an `s3://bucket/prefix` through boto3 when configured."""
+
+
+import os
+import shutil
+from pathlib import Path
+
+import dagster as dg
+
+from pipeline.paths import resolve
+from pydantic import PrivateAttr
+
+
+class Bucket(dg.ConfigurableResource):
+    """Where assets, quarantine files, models and checkpoints are kept."""
+
+    root: str = "./.store"
+    endpoint_url: str | None = None  # S3-compatible stores (MinIO, Ceph); credentials come from the AWS environment
+    cache_dir: str = "~/.cache/llm-pipeline"  # local copies of remote objects that need a file path (models)
+
+    _client = PrivateAttr(default=None)
+
+    @property
+    def is_remote(self) -> bool:
+        return self.root.startswith("s3://")
+
+    def _split(self, key: str) -> tuple[str, str]:
+        bucket, _, prefix = self.root[len("s3://") :].partition("/")
+        return bucket, f"{prefix.rstrip('/')}/{key}".lstrip("/")
+
+    def _s3(self):
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client("s3", endpoint_url=self.endpoint_url)
+        return self._client
+
+    def uri(self, key: str) -> str:
+        return f"{self.root.rstrip('/')}/{key}" if self.is_remote else str(self.local_path(key))
+
+    def local_path(self, key: str) -> Path:
+        """A file-system path for `key`: the object itself for a local bucket, a cache copy for S3."""
+        if self.is_remote:
+            bucket, path = self._split(key)
+            return Path(os.path.expanduser(self.cache_dir)) / bucket / path
+        return resolve(self.root) / key
+
+    def write_bytes(self, key: str, data: bytes) -> str:
+        if self.is_remote:
+            bucket, path = self._split(key)
+            self._s3().put_object(Bucket=bucket, Key=path, Body=data)
+        else:
+            target = self.local_path(key)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + ".tmp")
+            tmp.write_bytes(data)
+            tmp.replace(target)  # readers never see a half-written file
+        return self.uri(key)
+
+    def read_bytes(self, key: str) -> bytes:
+        if self.is_remote:
+            bucket, path = self._split(key)
+            return self._s3().get_object(Bucket=bucket, Key=path)["Body"].read()
+        return self.local_path(key).read_bytes()
+
+    def exists(self, key: str) -> bool:
+        if self.is_remote:
+            bucket, path = self._split(key)
+            return self._s3().list_objects_v2(Bucket=bucket, Prefix=path, MaxKeys=1).get("KeyCount", 0) > 0
+        return self.local_path(key).exists()
+
+    def upload_dir(self, local: Path, key: str) -> str:
+        """Copy a local folder under `key` (a no-op when it already is that folder)."""
+        if not self.is_remote:
+            target = self.local_path(key)
+            if target.resolve() != local.resolve():
+                shutil.copytree(local, target, dirs_exist_ok=True)
+            return str(target)
+        bucket, prefix = self._split(key)
+        for path in sorted(local.rglob("*")):
+            if path.is_file():
+                self._s3().upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local).as_posix()}")
+        return self.uri(key)
+
+    def download_dir(self, key: str) -> Path:
+        """A local folder with the objects under `key`."""
+        target = self.local_path(key)
+        if not self.is_remote:
+            return target
+        bucket, prefix = self._split(key)
+        paginator = self._s3().get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix + "/"):
+            for obj in page.get("Contents", []):
+                dest = target / obj["Key"][len(prefix) + 1 :]
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                self._s3().download_file(bucket, obj["Key"], str(dest))
+        return target

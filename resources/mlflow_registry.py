@@ -1,0 +1,91 @@
+"""MLflow tracking and model registry: SQLite and a local artifact folder by default, any MLflow server in production."""
+
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from pipeline.paths import resolve
+from pydantic import PrivateAttr
+
+CHALLENGER, CHAMPION = "challenger", "champion"
+
+
+class ModelRegistry(dg.ConfigurableResource):
+    """Set `tracking_uri` to `http(s)://...` for a server; credentials come from MLflow's own environment variables."""
+
+    tracking_uri: str = "sqlite:///.store/mlflow/mlflow.db"
+    artifact_root: str = ".store/mlflow/artifacts"  # used only when this resource creates the experiment
+    ui_url: str | None = None  # where engineers open MLflow, for links in the Dagster UI
+
+    _client = PrivateAttr(default=None)
+
+    def _normalised_uri(self) -> str:
+        if self.tracking_uri.startswith("sqlite:///") and not self.tracking_uri.startswith("sqlite:////"):
+            path = resolve(self.tracking_uri[len("sqlite:///") :])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return f"sqlite:///{path}"
+        return self.tracking_uri
+
+    @property
+    def uri(self) -> str:
+        return self._normalised_uri()
+
+    def client(self):
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        return self._client
+
+    def experiment_id(self, name: str) -> str:
+        existing = self.client().get_experiment_by_name(name)
+        if existing:
+            return existing.experiment_id
+        location = self.artifact_root if "://" in self.artifact_root else resolve(self.artifact_root).as_uri()
+        return self.client().create_experiment(name, artifact_location=location)
+
+    def run_link(self, run_id: str) -> str | None:
+        if not self.ui_url:
+            return None
+        run = self.client().get_run(run_id)
+        return f"{self.ui_url.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.client().log_metric(run_id, key, float(value))
+
+    def set_run_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client().set_tag(run_id, key, value)
+
+    def register(self, model_name: str, run_id: str, adapter_dir: Path, tags: dict[str, str], description: str) -> str:
+        """Log the adapter to the run, create a model version from it with lineage tags; return the version."""
+        client = self.client()
+        client.log_artifacts(run_id, str(adapter_dir), artifact_path="adapter")
+        try:
+            client.get_registered_model(model_name)
+        except Exception:  # MLflow raises RestException(RESOURCE_DOES_NOT_EXIST); its type differs by backend
+            client.create_registered_model(model_name, description="LLM fine-tuned by the Dagster pipeline")
+        source = f"{client.get_run(run_id).info.artifact_uri}/adapter"
+        version = client.create_model_version(model_name, source=source, run_id=run_id, tags=tags, description=description)
+        return str(version.version)
+
+    def version_by_alias(self, model_name: str, alias: str):
+        try:
+            return self.client().get_model_version_by_alias(model_name, alias)
+        except Exception:  # no such model or alias
+            return None
+
+    def set_alias(self, model_name: str, alias: str, version: str) -> None:
+        self.client().set_registered_model_alias(model_name, alias, version)
+
+    def download_adapter(self, model_version) -> Path:
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_version.source))
+
+    def version_tags(self, model_name: str, version: str) -> dict[str, Any]:
+        return dict(self.client().get_model_version(model_name, version).tags)
