@@ -1,0 +1,73 @@
+"""Shared fixtures: a tiny Llama with its own tokenizer, built here from a config (no download), and test recipes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.paths import PROJECT_ROOT
+from pipeline.recipe import Recipe
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def _sample_texts() -> list[str]:
+    texts = []
+    for line in (PROJECT_ROOT / "data/sample/chatml.jsonl").read_text().splitlines():
+        try:
+            texts += [m["content"] for m in json.loads(line)["messages"]]
+        except (ValueError, KeyError, TypeError):
+            continue
+    return texts
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer Llama (~100k parameters) and a 600-token byte-level BPE trained on the sample, saved as safetensors."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(_sample_texts(), trainers.BpeTrainer(vocab_size=600, special_tokens=SPECIAL,
+                                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                        bos_token=None, unk_token=None)
+    tokenizer.chat_template = CHATML_TEMPLATE
+    tokenizer.save_pretrained(folder)
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+                         tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def tiny_recipe(model_dir: Path, **overrides) -> Recipe:
+    """The demo recipe shrunk for the tiny model: a few steps, a small eval, a gate any candidate passes."""
+    base = {
+        "base_model": {"path": str(model_dir), "name": "tiny-llama"},
+        "training": {"max_steps": 3, "batch_size": 4, "max_length": 256, "learning_rate": 0.005, "logging_steps": 1},
+        "evaluation": {"max_examples": 12, "max_new_tokens": 6, "batch_size": 12},
+        "gate": {"min_rouge_l_gain": -1.0, "max_loss_ratio": 100.0},
+        "registry": {"model_name": "tiny-summarizer"},
+    }
+    for section, values in overrides.items():
+        base[section] = {**base.get(section, {}), **values} if isinstance(values, dict) else values
+    return Recipe.model_validate(base)
+
+
+@pytest.fixture
+def store(tmp_path) -> Path:
+    return tmp_path / "store"

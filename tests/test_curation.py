@@ -1,0 +1,62 @@
+"""Reading the demo sources, quarantine, scrubbing and exact deduplication."""
+
+import gzip
+import json
+
+from pipeline.curation.records import content_key
+from pipeline.curation.steps import DEFAULT_STEPS, drop_exact_duplicates, read_sources, run_steps, scrub_emails
+from pipeline.recipe import DataRecipe, SourceSpec
+
+
+def _record(text: str, answer: str = "An answer") -> dict:
+    messages = [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
+    return {"id": text, "messages": messages, "group": text, "source": "t", "origin": {}, "meta": {}}
+
+
+def test_demo_sources_read_with_every_malformed_line_quarantined():
+    result = read_sources(DataRecipe())
+    assert result.lines_read == len(result.records) + len(result.quarantined)
+    reasons = {q["reason"] for q in result.quarantined}
+    assert {"invalid_json", "empty_assistant", "wrong_type", "not_an_object", "missing_turn"} <= reasons
+    assert all(q["file"] and q["line"] > 0 for q in result.quarantined)
+    assert {r["origin"]["format"] for r in result.records} == {"alpaca", "sharegpt", "chatml"}
+
+
+def test_bad_bytes_and_bad_json_are_quarantined_not_raised(tmp_path):
+    path = tmp_path / "mixed.jsonl.gz"
+    good = json.dumps({"instruction": "Summarise", "output": "ok"}).encode()
+    with gzip.open(path, "wb") as f:
+        f.write(good + b"\n\xff\xfe broken\n{not json\n\n" + good + b"\n")
+    result = read_sources(DataRecipe(sources=[SourceSpec(path=str(path))]))
+    assert [q["reason"] for q in result.quarantined] == ["invalid_utf8", "invalid_json"]
+    assert [q["line"] for q in result.quarantined] == [2, 3]
+    assert len(result.records) == 2
+
+
+def test_oversize_records_are_quarantined(tmp_path):
+    path = tmp_path / "big.jsonl"
+    path.write_text(json.dumps({"instruction": "x" * 500, "output": "ok"}) + "\n")
+    result = read_sources(DataRecipe(sources=[SourceSpec(path=str(path))], max_chars=100))
+    assert [q["reason"] for q in result.quarantined] == ["oversize"]
+
+
+def test_emails_are_replaced_by_a_placeholder():
+    kept, dropped = scrub_emails([_record("Contact jane.doe@example.org or <bob+x@lists.debian.org>.")])
+    assert not dropped
+    assert kept[0]["messages"][0]["content"] == "Contact <EMAIL> or <<EMAIL>>."
+    assert kept[0]["meta"]["scrubbed_emails"] == 2
+
+
+def test_exact_duplicates_differing_in_case_and_spacing_are_dropped_once():
+    records = [_record("Some  Text"), _record("some text"), _record("other text")]
+    kept, dropped = drop_exact_duplicates(records)
+    assert [r["id"] for r in kept] == ["Some  Text", "other text"]
+    assert [reason for _, reason in dropped] == ["exact_duplicate"]
+
+
+def test_step_counts_add_up_on_the_demo_data():
+    records = read_sources(DataRecipe()).records
+    kept, reports = run_steps(records, DEFAULT_STEPS)
+    assert all(r.balanced() for r in reports)
+    assert reports[-1].dropped["exact_duplicate"] >= 6  # the sample repeats six examples across shapes on purpose
+    assert len({content_key(r["messages"]) for r in kept}) == len(kept)

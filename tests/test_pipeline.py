@@ -1,0 +1,104 @@
+"""The whole asset graph, in-process, on the tiny model: lineage, determinism, and the gate's fail path."""
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from pipeline.definitions import all_assets, all_checks, finetune_job
+from resources import Bucket, BucketJsonIOManager, ModelRegistry, RecipeResource, TrainingLauncher
+from tests.conftest import tiny_recipe
+
+DATA_ASSETS = ["seed_examples", "deduped_examples", "train_split", "heldout_split", "base_model"]
+
+
+def run_graph(store: Path, recipe, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    bucket = Bucket(root=str(store))
+    defs = dg.Definitions(
+        assets=all_assets,
+        asset_checks=all_checks,
+        jobs=[finetune_job],
+        resources={
+            "bucket": bucket,
+            "io_manager": BucketJsonIOManager(bucket=bucket),
+            "recipe": RecipeResource.of(recipe),
+            "registry": ModelRegistry(tracking_uri=f"sqlite:///{store}/mlflow.db", artifact_root=f"{store}/mlartifacts"),
+            "launcher": TrainingLauncher(),
+        },
+    )
+    return defs.resolve_job_def("finetune").execute_in_process(instance=instance, raise_on_error=False)
+
+
+def data_versions(result: dg.ExecuteInProcessResult) -> dict[str, str]:
+    return {
+        m.materialization.asset_key.to_user_string(): m.materialization.tags["dagster/data_version"]
+        for m in result.get_asset_materialization_events()
+    }
+
+
+@pytest.fixture(scope="module")
+def two_runs(tiny_model_dir, tmp_path_factory):
+    """The graph run twice on one instance and one store: a first model, then a second on the same inputs."""
+    store = tmp_path_factory.mktemp("store")
+    instance = dg.DagsterInstance.ephemeral()
+    recipe = tiny_recipe(tiny_model_dir)
+    first = run_graph(store, recipe, instance)
+    second = run_graph(store, recipe, instance)
+    return store, recipe, first, second
+
+
+def test_whole_graph_materializes_and_passes_its_checks(two_runs):
+    _, _, first, _ = two_runs
+    assert first.success
+    assert set(data_versions(first)) == set(DATA_ASSETS) | {"sft_checkpoint", "eval_report", "registry_entry"}
+    checks = {e.check_name: e.passed for e in first.get_asset_check_evaluations()}
+    assert checks == {"candidate_beats_base": True, "no_train_heldout_overlap": True}
+
+
+def test_registered_version_carries_full_lineage(two_runs):
+    store, recipe, first, _ = two_runs
+    entry = first.output_for_node("registry_entry")
+    registry = ModelRegistry(tracking_uri=f"sqlite:///{store}/mlflow.db")
+    tags = registry.version_tags(recipe.registry.model_name, entry["version"])
+    versions = data_versions(first)
+    assert tags["base_model.sha256"] == versions["base_model"]
+    for asset in ["seed_examples", "deduped_examples", "train_split", "heldout_split"]:
+        assert tags[f"data.{asset}"] == versions[asset], asset
+    assert tags["recipe.fingerprint"] == recipe.fingerprint()
+    assert tags["dagster.run_id"] == first.run_id
+    assert tags["adapter.sha256"] == versions["sft_checkpoint"]
+    assert float(tags["eval.candidate_rouge_l"]) >= 0
+    assert tags["code.version"]
+    assert tags["mlflow.run_id"]
+
+
+def test_same_inputs_give_the_same_data_versions(two_runs):
+    _, _, first, second = two_runs
+    a, b = data_versions(first), data_versions(second)
+    for asset in DATA_ASSETS + ["sft_checkpoint"]:
+        assert a[asset] == b[asset], asset
+
+
+def test_second_version_is_challenger_and_champion_only_if_better(two_runs):
+    store, recipe, first, second = two_runs
+    registry = ModelRegistry(tracking_uri=f"sqlite:///{store}/mlflow.db")
+    name = recipe.registry.model_name
+    v1, v2 = first.output_for_node("registry_entry")["version"], second.output_for_node("registry_entry")["version"]
+    assert (v1, v2) == ("1", "2")
+    assert str(registry.version_by_alias(name, "challenger").version) == "2"
+    # The same adapter scores the same as the champion, which does not make it better.
+    assert "champion" in second.output_for_node("eval_report")["models"]
+    assert str(registry.version_by_alias(name, "champion").version) == "1"
+
+
+def test_gate_blocks_a_candidate_that_did_not_train(tiny_model_dir, tmp_path):
+    store = tmp_path / "store"
+    recipe = tiny_recipe(tiny_model_dir, training={"max_steps": 0}, gate={"min_rouge_l_gain": 0.05})
+    result = run_graph(store, recipe, dg.DagsterInstance.ephemeral())
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not checks["candidate_beats_base"].passed
+    assert "below the required" in checks["candidate_beats_base"].description
+    materialized = {m.materialization.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
+    assert "registry_entry" not in materialized
+    registry = ModelRegistry(tracking_uri=f"sqlite:///{store}/mlflow.db")
+    assert registry.version_by_alias(recipe.registry.model_name, "challenger") is None
