@@ -76,7 +76,7 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
     from pipeline.models.base_model import file_sha256
@@ -122,6 +122,7 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config, callbacks=[_reporting_callback(reporter)])
 
+    trainer.remove_callback(PrinterCallback)  # progress goes through the reporter, not raw dicts on stdout
     started = time.monotonic()
     train_loss = None
     if recipe.max_steps != 0:  # zero steps: save the untouched adapter (B = 0), identical to the base
