@@ -44,11 +44,14 @@ def answer_loss(model, tokenizer, examples: list[Record], batch_size: int, max_l
         labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
         attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows])
         with torch.no_grad():
-            logits = model(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device)).logits.float()
-        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(model.device)
-        losses = torch.nn.functional.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=-100, reduction="sum")
-        total += float(losses)
-        count += int((shift_labels != -100).sum())
+            hidden = model(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device),
+                           output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+            # Project only the answer positions onto the vocabulary: the prompt's logits are never needed.
+            targets = labels[:, 1:].to(model.device)
+            keep = targets != -100
+            logits = model.get_output_embeddings()(hidden[:, :-1][keep]).float()
+            total += float(torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum"))
+        count += int(keep.sum())
     return total / max(count, 1)
 
 
@@ -78,10 +81,22 @@ def rouge_l(predictions: list[str], references: list[str]) -> list[float]:
     return [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
 
 
+def _autocast(model):
+    """bf16 autocast where the hardware has it (CUDA, or CPUs with AVX512-BF16/AMX): ~1.5x faster scoring."""
+    import torch
+
+    from pipeline.training.sft import cpu_has_bf16
+
+    device = model.device.type
+    enabled = torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_bf16()
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=enabled)
+
+
 def score_model(name: str, model, tokenizer, examples: list[Record], batch_size: int, max_new_tokens: int) -> ModelScores:
     model.eval()
-    loss = answer_loss(model, tokenizer, examples, batch_size)
-    answers = generate_answers(model, tokenizer, examples, batch_size, max_new_tokens)
+    with _autocast(model):
+        loss = answer_loss(model, tokenizer, examples, batch_size)
+        answers = generate_answers(model, tokenizer, examples, batch_size, max_new_tokens)
     per_example = rouge_l(answers, [ex["messages"][-1]["content"] for ex in examples])
     return ModelScores(name, loss, math.exp(min(loss, 50)), sum(per_example) / max(len(per_example), 1), answers, per_example)
 
