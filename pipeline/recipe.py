@@ -76,6 +76,9 @@ class TrainingRecipe(_Section):
     gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
     packing: bool = Field(True, description="Pack examples into max_length rows (padding-free); attention stays within each example.")
     max_length: int = Field(384, gt=16, description="Tokens per example; longer examples are truncated.")
+    attn_implementation: Literal["sdpa", "flex_attention", "eager"] = Field(
+        "sdpa", description="Attention kernel. flex_attention keeps packed rows block-sparse on GPU; sdpa suits CPU and short rows.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, about a third more compute.")
     logging_steps: int = Field(5, gt=0, description="Report metrics every this many steps.")
     seed: int = Field(42, description="Seed of initialisation, dropout and data order.")
 

@@ -85,7 +85,10 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    # A frozen LoRA base needs no fp32 master copy: bf16 halves its memory and the casts on GPU.
+    frozen_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.bfloat16 if frozen_bf16 else torch.float32,
+                                                 attn_implementation=recipe.attn_implementation)
     rows = load_prompt_completion(train_path)
     dataset = Dataset.from_list(rows)
 
@@ -98,7 +101,7 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
         warmup_steps=recipe.warmup_ratio,  # transformers 5 reads a value below 1 as a ratio
         per_device_train_batch_size=recipe.batch_size,
         gradient_accumulation_steps=recipe.gradient_accumulation_steps,
-        gradient_checkpointing=False,  # a 135M model fits; checkpointing would cost a third more compute
+        gradient_checkpointing=recipe.gradient_checkpointing,
         max_length=recipe.max_length,
         completion_only_loss=True,
         packing=recipe.packing,  # best-fit packing; transformers keeps attention inside each example via position_ids
