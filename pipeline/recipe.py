@@ -26,6 +26,16 @@ class SourceSpec(_Section):
     )
 
 
+class NearDupRecipe(_Section):
+    shingle_size: int = Field(2, gt=0, description="Words per MinHash shingle (after datatrove's text normalisation, "
+                              "which drops case and punctuation). Small shingles tolerate word edits.")
+    bands: int = Field(14, gt=0, description="LSH bands; two records become candidates when any band matches.")
+    rows: int = Field(8, gt=0, description="Min-hashes per band; bands x rows is the signature length.")
+    threshold: float = Field(0.8, gt=0, le=1, description="Estimated Jaccard similarity at or above which a "
+                             "candidate pair counts as near-duplicate.")
+    seed: int = Field(1, description="Seed of the MinHash permutations.")
+
+
 class DataRecipe(_Section):
     sources: list[SourceSpec] = Field(
         default_factory=lambda: [
@@ -47,6 +57,10 @@ class DataRecipe(_Section):
     heldout_fraction: float = Field(0.15, gt=0, lt=1, description="Share of examples held out for evaluation.")
     heldout_max_examples: int = Field(80, gt=0, description="Upper bound on the held-out set, to bound eval cost.")
     seed: int = Field(17, description="Seed of the split.")
+    near_dup: NearDupRecipe = Field(default_factory=NearDupRecipe, description="MinHash near-duplicate settings, "
+                                    "used both for deduplication and for decontaminating train.")
+    golden_path: str | None = Field("data/sample/golden.jsonl", description="Frozen golden eval set (JSONL, any "
+                                    "shape); train examples near-duplicate to it are removed. None: no golden set.")
 
 
 class BaseModelRecipe(_Section):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.curation.formats import MalformedRecord, normalise
+from pipeline.curation.near_dup import drop_near_duplicates
 from pipeline.curation.readers import read_jsonl
 from pipeline.curation.records import Record, content_key, record_id
 from pipeline.recipe import DataRecipe
@@ -39,12 +40,17 @@ def run_steps(records: list[Record], steps: Iterable[tuple[str, Step]], examples
     for name, step in steps:
         kept, dropped = step(records)
         report = StepReport(name, len(records), len(kept), Counter(reason for _, reason in dropped))
-        report.examples = [{"id": rec.get("id"), "reason": reason} for rec, reason in dropped[:examples_per_step]]
+        report.examples = [{"id": rec.get("id"), "reason": reason, "detail": _detail(rec)} for rec, reason in dropped[:examples_per_step]]
         if not report.balanced():
             raise AssertionError(f"step {name} lost records: {report}")
         reports.append(report)
         records = kept
     return records, reports
+
+
+def _detail(rec: Record) -> str:
+    meta = rec.get("meta", {})
+    return f"near-duplicate of {meta['near_duplicate_of']}" if "near_duplicate_of" in meta else ""
 
 
 # --- reading and normalising -------------------------------------------------------------------
@@ -127,7 +133,17 @@ def drop_exact_duplicates(records: list[Record]) -> tuple[list[Record], list[Dro
     return kept, dropped
 
 
-DEFAULT_STEPS: list[tuple[str, Step]] = [
-    ("scrub_emails", scrub_emails),
-    ("exact_dedup", drop_exact_duplicates),
-]
+def curation_steps(recipe: DataRecipe) -> list[tuple[str, Step]]:
+    """The cleaning blocks in order; near-duplicates last, so cheap exact matches never reach MinHash."""
+    def near_dedup(records: list[Record]) -> tuple[list[Record], list[Dropped]]:
+        result = drop_near_duplicates(records, recipe.near_dup)
+        return result.kept, result.dropped
+
+    return [
+        ("scrub_emails", scrub_emails),
+        ("exact_dedup", drop_exact_duplicates),
+        ("near_dedup", near_dedup),
+    ]
+
+
+DEFAULT_STEPS: list[tuple[str, Step]] = curation_steps(DataRecipe())
