@@ -13,7 +13,7 @@ from pipeline.paths import PROJECT_ROOT
 
 ASSETS = {"seed_examples", "deduped_examples", "train_split", "heldout_split", "base_model",
           "sft_checkpoint", "eval_report", "registry_entry"}
-CHECKS = {"candidate_beats_base", "no_train_heldout_overlap"}
+CHECKS = {"candidate_beats_base", "no_train_heldout_overlap", "no_heldout_near_duplicate_in_train"}
 QUERY = "{ assetNodes { assetKey { path } groupName assetChecksOrError { ... on AssetChecks { checks { name blocking } } } } }"
 
 

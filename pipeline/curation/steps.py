@@ -16,7 +16,7 @@ from pipeline.curation.formats import MalformedRecord, normalise
 from pipeline.curation.near_dup import drop_near_duplicates
 from pipeline.curation.readers import read_jsonl
 from pipeline.curation.records import Record, content_key, record_id
-from pipeline.recipe import DataRecipe
+from pipeline.recipe import DataRecipe, SourceSpec
 from pipeline.paths import resolve
 
 Dropped = tuple[Record, str]
@@ -97,6 +97,13 @@ def read_sources(recipe: DataRecipe) -> ReadResult:
                 "meta": meta,
             })
     return ReadResult(records, quarantined, lines)
+
+
+def read_golden(recipe: DataRecipe) -> list[Record]:
+    """The frozen golden eval set as canonical records (empty when none is configured); it never enters train."""
+    if not recipe.golden_path:
+        return []
+    return read_sources(recipe.model_copy(update={"sources": [SourceSpec(path=recipe.golden_path)]})).records
 
 
 # --- cleaning blocks -------------------------------------------------------------------------
