@@ -4,7 +4,7 @@ import gzip
 import json
 
 from pipeline.curation.records import content_key
-from pipeline.curation.steps import DEFAULT_STEPS, drop_exact_duplicates, read_sources, run_steps, scrub_emails
+from pipeline.curation.steps import DEFAULT_STEPS, drop_exact_duplicates, read_sources, run_steps, scrub_pii
 from pipeline.curation.near_dup import drop_near_duplicates
 from pipeline.recipe import DataRecipe, NearDupRecipe, SourceSpec
 
@@ -42,10 +42,10 @@ def test_oversize_records_are_quarantined(tmp_path):
 
 
 def test_emails_are_replaced_by_a_placeholder():
-    kept, dropped = scrub_emails([_record("Contact jane.doe@example.org or <bob+x@lists.debian.org>.")])
+    kept, dropped = scrub_pii([_record("Contact jane.doe@example.org or <bob+x@lists.debian.org>.")])
     assert not dropped
     assert kept[0]["messages"][0]["content"] == "Contact <EMAIL> or <<EMAIL>>."
-    assert kept[0]["meta"]["scrubbed_emails"] == 2
+    assert kept[0]["meta"]["scrubbed"] == {"EMAIL": 2}
 
 
 def test_exact_duplicates_differing_in_case_and_spacing_are_dropped_once():

@@ -53,7 +53,7 @@ def test_whole_graph_materializes_and_passes_its_checks(two_runs):
     assert set(data_versions(first)) == set(DATA_ASSETS) | {"sft_checkpoint", "eval_report", "registry_entry"}
     checks = {e.check_name: e.passed for e in first.get_asset_check_evaluations()}
     assert checks == {"candidate_beats_base": True, "no_train_heldout_overlap": True,
-                      "no_heldout_near_duplicate_in_train": True}
+                      "no_heldout_near_duplicate_in_train": True, "no_pii_or_secrets_left": True}
 
 
 def test_registered_version_carries_full_lineage(two_runs):

@@ -6,7 +6,6 @@ records in = kept + dropped per reason holds for every step.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from pathlib import Path
 
 from pipeline.curation.formats import MalformedRecord, normalise
 from pipeline.curation.near_dup import drop_near_duplicates
+from pipeline.curation.pii import scrub_text
 from pipeline.curation.readers import read_jsonl
 from pipeline.curation.records import Record, content_key, record_id
 from pipeline.recipe import DataRecipe, SourceSpec
@@ -30,6 +30,7 @@ class StepReport:
     kept: int
     dropped: Counter = field(default_factory=Counter)
     examples: list[dict] = field(default_factory=list)  # a few dropped records, to show in the UI
+    dropped_records: list[Dropped] = field(default_factory=list, repr=False)
 
     def balanced(self) -> bool:
         return self.records_in == self.kept + sum(self.dropped.values())
@@ -39,7 +40,7 @@ def run_steps(records: list[Record], steps: Iterable[tuple[str, Step]], examples
     reports = []
     for name, step in steps:
         kept, dropped = step(records)
-        report = StepReport(name, len(records), len(kept), Counter(reason for _, reason in dropped))
+        report = StepReport(name, len(records), len(kept), Counter(reason for _, reason in dropped), dropped_records=dropped)
         report.examples = [{"id": rec.get("id"), "reason": reason, "detail": _detail(rec)} for rec, reason in dropped[:examples_per_step]]
         if not report.balanced():
             raise AssertionError(f"step {name} lost records: {report}")
@@ -108,21 +109,18 @@ def read_golden(recipe: DataRecipe) -> list[Record]:
 
 # --- cleaning blocks -------------------------------------------------------------------------
 
-EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
-EMAIL_PLACEHOLDER = "<EMAIL>"
-
-
-def scrub_emails(records: list[Record]) -> tuple[list[Record], list[Dropped]]:
-    """Replace e-mail addresses with a typed placeholder; nothing is dropped, the count goes to `meta`."""
+def scrub_pii(records: list[Record]) -> tuple[list[Record], list[Dropped]]:
+    """Replace PII and secrets with typed placeholders (<EMAIL>, <AWS_ACCESS_KEY>, ...); nothing is dropped,
+    counts per type go to `meta["scrubbed"]`."""
     out = []
     for rec in records:
-        hits = 0
+        found: Counter = Counter()
         messages = []
         for m in rec["messages"]:
-            text, n = EMAIL.subn(EMAIL_PLACEHOLDER, m["content"])
-            hits += n
+            text, counts = scrub_text(m["content"])
+            found += counts
             messages.append({**m, "content": text})
-        out.append({**rec, "messages": messages, "meta": {**rec["meta"], "scrubbed_emails": hits}} if hits else rec)
+        out.append({**rec, "messages": messages, "meta": {**rec["meta"], "scrubbed": dict(found)}} if found else rec)
     return out, []
 
 
@@ -147,7 +145,7 @@ def curation_steps(recipe: DataRecipe) -> list[tuple[str, Step]]:
         return result.kept, result.dropped
 
     return [
-        ("scrub_emails", scrub_emails),
+        ("scrub_pii", scrub_pii),
         ("exact_dedup", drop_exact_duplicates),
         ("near_dedup", near_dedup),
     ]
