@@ -36,6 +36,20 @@ class NearDupRecipe(_Section):
     seed: int = Field(1, description="Seed of the MinHash permutations.")
 
 
+class QualityRecipe(_Section):
+    max_duplicate_line_share: float = Field(0.3, gt=0, le=1, description="Gopher: drop a turn when more than this "
+                                            "share of its lines are repeats of other lines.")
+    max_top_ngram_char_share: float = Field(0.2, gt=0, le=1, description="Gopher: drop a turn when its most common "
+                                            "2- or 3-gram covers more than this share of its characters.")
+    max_duplicate_ngram_char_share: float = Field(0.15, gt=0, le=1, description="Gopher: drop a turn when repeated "
+                                                  "5- to 10-grams cover more than this share of its characters.")
+    repetition_min_words: int = Field(30, ge=0, description="Turns shorter than this are not checked for repetition.")
+    max_garbage_share: float = Field(0.02, ge=0, le=1, description="Drop a record when any turn has more than this "
+                                     "share of control, private-use or replacement characters.")
+    echo_min_chars: int = Field(20, ge=0, description="An answer containing the whole prompt (at least this long) "
+                                "only echoes it and is dropped.")
+
+
 class DataRecipe(_Section):
     sources: list[SourceSpec] = Field(
         default_factory=lambda: [
@@ -59,6 +73,8 @@ class DataRecipe(_Section):
     seed: int = Field(17, description="Seed of the split.")
     near_dup: NearDupRecipe = Field(default_factory=NearDupRecipe, description="MinHash near-duplicate settings, "
                                     "used both for deduplication and for decontaminating train.")
+    quality: QualityRecipe = Field(default_factory=QualityRecipe, description="Quality filters, applied after "
+                                   "PII scrubbing and before deduplication.")
     golden_path: str | None = Field("data/sample/golden.jsonl", description="Frozen golden eval set (JSONL, any "
                                     "shape); train examples near-duplicate to it are removed. None: no golden set.")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from pipeline.curation.formats import MalformedRecord, normalise
 from pipeline.curation.near_dup import drop_near_duplicates
 from pipeline.curation.pii import scrub_text
+from pipeline.curation.quality import drop_garbage, drop_prompt_echoes, drop_repetitive
 from pipeline.curation.readers import read_jsonl
 from pipeline.curation.records import Record, content_key, record_id
 from pipeline.recipe import DataRecipe, SourceSpec
@@ -146,6 +147,9 @@ def curation_steps(recipe: DataRecipe) -> list[tuple[str, Step]]:
 
     return [
         ("scrub_pii", scrub_pii),
+        ("garbage_filter", lambda records: drop_garbage(records, recipe.quality)),
+        ("repetition_filter", lambda records: drop_repetitive(records, recipe.quality)),
+        ("prompt_echo_filter", lambda records: drop_prompt_echoes(records, recipe.quality)),
         ("exact_dedup", drop_exact_duplicates),
         ("near_dedup", near_dedup),
     ]
