@@ -6,6 +6,7 @@ records in = kept + dropped per reason holds for every step.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ class StepReport:
     dropped: Counter = field(default_factory=Counter)
     examples: list[dict] = field(default_factory=list)  # a few dropped records, to show in the UI
     dropped_records: list[Dropped] = field(default_factory=list, repr=False)
+    seconds: float = 0.0
 
     def balanced(self) -> bool:
         return self.records_in == self.kept + sum(self.dropped.values())
@@ -40,8 +42,10 @@ class StepReport:
 def run_steps(records: list[Record], steps: Iterable[tuple[str, Step]], examples_per_step: int = 3) -> tuple[list[Record], list[StepReport]]:
     reports = []
     for name, step in steps:
+        start = time.perf_counter()
         kept, dropped = step(records)
-        report = StepReport(name, len(records), len(kept), Counter(reason for _, reason in dropped), dropped_records=dropped)
+        report = StepReport(name, len(records), len(kept), Counter(reason for _, reason in dropped), dropped_records=dropped,
+                            seconds=time.perf_counter() - start)
         report.examples = [{"id": rec.get("id"), "reason": reason, "detail": _detail(rec)} for rec, reason in dropped[:examples_per_step]]
         if not report.balanced():
             raise AssertionError(f"step {name} lost records: {report}")
