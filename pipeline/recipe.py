@@ -20,7 +20,8 @@ class _Section(BaseModel):
 
 
 class SourceSpec(_Section):
-    path: str = Field(description="A JSONL or JSONL.gz file; relative paths are taken from the project root.")
+    path: str = Field(description="A JSONL, JSONL.gz or Parquet file, a `datasets.save_to_disk` folder or a folder "
+                      "of such files (read sorted); relative paths are taken from the project root.")
     format: Literal["auto", "alpaca", "sharegpt", "chatml"] = Field(
         "auto", description="Record shape; `auto` detects it per record from its keys."
     )

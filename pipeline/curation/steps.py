@@ -16,7 +16,7 @@ from pipeline.curation.formats import MalformedRecord, normalise
 from pipeline.curation.near_dup import drop_near_duplicates
 from pipeline.curation.pii import scrub_text
 from pipeline.curation.quality import drop_garbage, drop_prompt_echoes, drop_repetitive
-from pipeline.curation.readers import read_jsonl
+from pipeline.curation.readers import read_any
 from pipeline.curation.records import Record, content_key, record_id
 from pipeline.recipe import DataRecipe, SourceSpec
 from pipeline.paths import resolve
@@ -77,7 +77,7 @@ def read_sources(recipe: DataRecipe) -> ReadResult:
     records, quarantined, lines = [], [], 0
     for source in recipe.sources:
         path = resolve(source.path)
-        for raw in read_jsonl(path):
+        for raw in read_any(path):
             lines += 1
             where = {"file": raw.file, "line": raw.line}
             if raw.error:
