@@ -30,12 +30,16 @@ BAD = [  # (raw line bytes, expected reason)
     (b'{"text": "no known shape"}', "unknown_format"),
     (json.dumps({"instruction": "x" * 30_000, "output": "too long"}).encode(), "oversize"),
     (json.dumps({"instruction": "y" * (2 << 20), "output": "huge line"}).encode(), "oversize"),
+    (b'{"prompt": "Summarise zlib", "chosen": "compression library"}', "missing_turn"),
+    (b'{"prompt": "Summarise zlib", "chosen": "compression library", "rejected": ""}', "rejected_empty_assistant"),
 ]
+PAIR = {"prompt": "Summarise the package that ships the bash shell.", "chosen": "GNU Bourne Again SHell",
+        "rejected": "a text editor"}
 
 
 def test_hostile_file_is_quarantined_line_by_line_and_good_records_pass_unchanged(tmp_path):
     path = tmp_path / "hostile.jsonl"
-    lines = [json.dumps(g).encode() for g in GOOD[:2]] + [raw for raw, _ in BAD] + [json.dumps(GOOD[2]).encode()]
+    lines = [json.dumps(g).encode() for g in GOOD[:2]] + [raw for raw, _ in BAD] + [json.dumps(GOOD[2]).encode(), json.dumps(PAIR).encode()]
     path.write_bytes(b"\n".join(lines) + b"\n")
     recipe = DataRecipe(sources=[SourceSpec(path=str(path))], max_chars=20_000)
 
@@ -46,7 +50,9 @@ def test_hostile_file_is_quarantined_line_by_line_and_good_records_pass_unchange
     assert all(q["file"] == "hostile.jsonl" and q["detail"] for q in read.quarantined)
     assert read.lines_read == len(read.records) + len(read.quarantined)
     assert all(r.balanced() for r in reports)
-    assert [r["origin"]["format"] for r in kept] == ["alpaca", "sharegpt", "chatml"]
+    assert [r["origin"]["format"] for r in kept] == ["alpaca", "sharegpt", "chatml", "preference"]
+    assert kept[3]["messages"][-1]["content"] == PAIR["chosen"]
+    assert kept[3]["meta"]["rejected"][-1] == {"role": "assistant", "content": PAIR["rejected"]}
     assert kept[0]["messages"] == [{"role": "user", "content": GOOD[0]["instruction"] + "\n\n" + GOOD[0]["input"]},
                                    {"role": "assistant", "content": GOOD[0]["output"]}]
     assert kept[1]["messages"] == [{"role": "user", "content": "What does libfoo-dev contain?"},

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.curation.formats import MalformedRecord, normalise
+from pipeline.curation.formats import MalformedRecord, normalise, rejected_of
 from pipeline.curation.near_dup import drop_near_duplicates
 from pipeline.curation.pii import scrub_text
 from pipeline.curation.quality import drop_garbage, drop_prompt_echoes, drop_repetitive
@@ -72,6 +72,9 @@ class ReadResult:
         return len(self.quarantined) / self.lines_read if self.lines_read else 0.0
 
 
+RAW_CONTENT_KEYS = ("instruction", "input", "output", "system", "conversations", "messages", "prompt", "chosen", "rejected")
+
+
 def read_sources(recipe: DataRecipe) -> ReadResult:
     """Read and normalise every configured source; malformed lines are quarantined with file, line and reason."""
     records, quarantined, lines = [], [], 0
@@ -85,13 +88,16 @@ def read_sources(recipe: DataRecipe) -> ReadResult:
                 continue
             try:
                 shape, messages = normalise(raw.value, source.format)
+                rejected = rejected_of(raw.value) if shape == "preference" else None
                 size = sum(len(m["content"]) for m in messages)
                 if size > recipe.max_chars:
                     raise MalformedRecord("oversize", f"{size} characters > max_chars {recipe.max_chars}")
             except MalformedRecord as e:
                 quarantined.append({**where, "reason": e.reason, "detail": e.detail, "raw": raw.value})
                 continue
-            meta = {k: v for k, v in raw.value.items() if k not in ("instruction", "input", "output", "system", "conversations", "messages")}
+            meta = {k: v for k, v in raw.value.items() if k not in RAW_CONTENT_KEYS}
+            if rejected is not None:
+                meta["rejected"] = rejected
             rid = record_id(messages)
             group = meta.get(recipe.group_key)
             records.append({
