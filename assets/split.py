@@ -6,9 +6,10 @@ from collections import Counter
 import dagster as dg
 
 from assets.metadata import counts_table, preview, table
-from pipeline.curation.records import dataset_version
+from pipeline.curation.records import dataset_version, sha256_json
 from pipeline.curation.split import grouped_split, leaked_heldout
 from pipeline.curation.steps import read_golden
+from pipeline.curation.token_stats import histogram_markdown, length_summary, token_lengths
 from resources import RecipeResource
 
 
@@ -68,4 +69,23 @@ def no_heldout_near_duplicate_in_train(train_split: list, heldout_split: list, r
         description=f"{len(leaks)} train examples are near-duplicates (similarity >= {data.near_dup.threshold}) "
         f"of {len(heldout_split)} held-out and {len(golden)} golden examples",
         metadata={"leaks": len(leaks), "threshold": data.near_dup.threshold, "examples": table(leaks[:20])},
+    )
+
+
+@dg.asset(
+    group_name="split",
+    kinds={"python"},
+    description="Token lengths of the training examples rendered with the base model's chat template: "
+    "percentiles, a histogram and how many the training max_length truncates.",
+)
+def train_token_lengths(train_split: list, base_model: dict, recipe: RecipeResource) -> dg.Output[dict]:
+    from transformers import AutoTokenizer
+
+    max_length = recipe.load().training.max_length
+    lengths = token_lengths(train_split, AutoTokenizer.from_pretrained(base_model["path"]))
+    summary = length_summary(lengths, max_length)
+    return dg.Output(
+        summary,
+        data_version=dg.DataVersion(sha256_json(lengths)),
+        metadata={**summary, "histogram": dg.MetadataValue.md(histogram_markdown(lengths, max_length) if lengths else "_(no examples)_")},
     )
