@@ -21,7 +21,8 @@ class _Section(BaseModel):
 
 class SourceSpec(_Section):
     path: str = Field(description="A JSONL, JSONL.gz or Parquet file, a `datasets.save_to_disk` folder or a folder "
-                      "of such files (read sorted); relative paths are taken from the project root.")
+                      "of such files (read sorted), or an s3:// object or prefix (fetched through the bucket resource); "
+                      "relative paths are taken from the project root.")
     format: Literal["auto", "alpaca", "sharegpt", "chatml", "preference"] = Field(
         "auto", description="Record shape; `auto` detects it per record from its keys. A preference pair "
         "(prompt/chosen/rejected, strings or message lists) keeps its rejected conversation in meta.rejected."
