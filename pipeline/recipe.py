@@ -37,6 +37,11 @@ class NearDupRecipe(_Section):
     threshold: float = Field(0.8, gt=0, le=1, description="Estimated Jaccard similarity at or above which a "
                              "candidate pair counts as near-duplicate.")
     seed: int = Field(1, description="Seed of the MinHash permutations.")
+    engine: Literal["in_process", "datatrove"] = Field(
+        "in_process", description="`in_process`: datatrove's shingles and signatures on the records in memory, LSH "
+        "candidates confirmed by estimated similarity (fast at this size, threshold exact). `datatrove`: datatrove's "
+        "file-based four-stage pipeline under its LocalPipelineExecutor (no similarity check; the bands x rows "
+        "S-curve is the threshold), the form that scales out.")
 
 
 class QualityRecipe(_Section):

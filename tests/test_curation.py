@@ -87,3 +87,14 @@ def test_unrelated_texts_sharing_boilerplate_are_kept():
     records = [_record(boiler.format(name), answer) for name, answer in
                [("enumn", "Convert number to enum"), ("memmap", "Cross-platform API for memory-mapped file IO")]]
     assert len(drop_near_duplicates(records, NearDupRecipe()).kept) == 2
+
+
+def test_datatrove_pipeline_engine_finds_the_same_clear_cluster():
+    from pipeline.curation.datatrove_minhash import drop_near_duplicates_with_datatrove
+
+    text = _words(120, seed=1)
+    edited = text.replace(text.split()[10], "changed", 1) + " extra."
+    records = [_record(text), _record(_words(120, seed=2)), _record(edited)]
+    result = drop_near_duplicates_with_datatrove(records, NearDupRecipe(engine="datatrove"))
+    assert [r["id"] for r in result.kept] == [text, records[1]["id"]]
+    assert result.clusters == [[text, edited]]

@@ -152,7 +152,12 @@ def drop_exact_duplicates(records: list[Record]) -> tuple[list[Record], list[Dro
 def curation_steps(recipe: DataRecipe) -> list[tuple[str, Step]]:
     """The cleaning blocks in order; near-duplicates last, so cheap exact matches never reach MinHash."""
     def near_dedup(records: list[Record]) -> tuple[list[Record], list[Dropped]]:
-        result = drop_near_duplicates(records, recipe.near_dup)
+        if recipe.near_dup.engine == "datatrove":
+            from pipeline.curation.datatrove_minhash import drop_near_duplicates_with_datatrove
+
+            result = drop_near_duplicates_with_datatrove(records, recipe.near_dup)
+        else:
+            result = drop_near_duplicates(records, recipe.near_dup)
         return result.kept, result.dropped
 
     return [
