@@ -1,6 +1,7 @@
 """Curation assets: cleaning blocks applied in order, every drop counted with its reason."""
 
 
+import json
 from collections import Counter, defaultdict
 
 import dagster as dg
@@ -9,7 +10,8 @@ from assets.metadata import counts_table, preview, table
 from pipeline.curation.pii import scan_text
 from pipeline.curation.records import dataset_version
 from pipeline.curation.steps import curation_steps, run_steps
-from resources import RecipeResource
+from assets.sources import QUARANTINE_KEY
+from resources import Bucket, RecipeResource
 
 
 @dg.asset(
@@ -18,11 +20,22 @@ from resources import RecipeResource
     description="Seed examples with PII and secrets replaced by typed placeholders (<EMAIL>, <AWS_ACCESS_KEY>, ...), "
     "exact duplicates (case- and whitespace-insensitive) and MinHash near-duplicates removed, first occurrence kept.",
 )
-def deduped_examples(context: dg.AssetExecutionContext, seed_examples: list, recipe: RecipeResource) -> dg.Output[list]:
+def deduped_examples(context: dg.AssetExecutionContext, seed_examples: list, recipe: RecipeResource,
+                     bucket: Bucket) -> dg.Output[list]:
     data = recipe.load().data
     records, reports = run_steps(seed_examples, curation_steps(data))
-    steps = [{"step": r.name, "in": r.records_in, "kept": r.kept, "dropped": sum(r.dropped.values()),
-              "reasons": ", ".join(f"{k}={v}" for k, v in r.dropped.items()) or "-"} for r in reports]
+    # the books start at the raw lines: what seed_examples quarantined is the first row
+    quarantined = Counter(json.loads(line)["reason"] for line in bucket.read_bytes(QUARANTINE_KEY).decode().splitlines()
+                          if line.strip()) if bucket.exists(QUARANTINE_KEY) else Counter()
+    steps = [{"step": "read_and_normalise", "in": len(seed_examples) + sum(quarantined.values()), "kept": len(seed_examples),
+              "quarantined": sum(quarantined.values()), "dropped": 0, "seconds": 0.0,
+              "reasons": ", ".join(f"{k}={v}" for k, v in quarantined.most_common()) or "-"}]
+    steps += [{"step": r.name, "in": r.records_in, "kept": r.kept, "quarantined": 0, "dropped": sum(r.dropped.values()),
+               "seconds": round(r.seconds, 3), "reasons": ", ".join(f"{k}={v}" for k, v in r.dropped.items()) or "-"}
+              for r in reports]
+    steps.append({"step": "total", "in": steps[0]["in"], "kept": len(records), "quarantined": steps[0]["quarantined"],
+                  "dropped": sum(s["dropped"] for s in steps), "seconds": round(sum(r.seconds for r in reports), 3),
+                  "reasons": "in = kept + quarantined + dropped"})
     scrubbed = sum((Counter(r["meta"].get("scrubbed", {})) for r in records), Counter())
     clusters: dict[str, list[str]] = defaultdict(list)
     for r in reports:

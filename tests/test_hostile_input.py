@@ -58,3 +58,25 @@ def test_hostile_file_is_quarantined_line_by_line_and_good_records_pass_unchange
     assert kept[1]["messages"] == [{"role": "user", "content": "What does libfoo-dev contain?"},
                                    {"role": "assistant", "content": "The headers and static library of libfoo."}]
     assert kept[2]["messages"] == GOOD[2]["messages"]
+
+
+def test_the_ui_books_balance_from_raw_lines_to_kept_records(tmp_path):
+    import dagster as dg
+
+    from assets.curation import deduped_examples
+    from assets.sources import seed_examples
+    from pipeline.recipe import Recipe
+    from resources import Bucket, BucketJsonIOManager, RecipeResource
+
+    path = tmp_path / "hostile.jsonl"
+    path.write_bytes(b"\n".join([json.dumps(g).encode() for g in GOOD * 2] + [raw for raw, _ in BAD]) + b"\n")
+    recipe = Recipe(data=DataRecipe(sources=[SourceSpec(path=str(path))], max_quarantine_share=1.0, golden_path=None))
+    bucket = Bucket(root=str(tmp_path / "store"))
+    result = dg.materialize([seed_examples, deduped_examples], instance=dg.DagsterInstance.ephemeral(),
+                            resources={"recipe": RecipeResource.of(recipe), "bucket": bucket,
+                                       "io_manager": BucketJsonIOManager(bucket=bucket)})
+    rows = [r.data for r in result.asset_materializations_for_node("deduped_examples")[0].metadata["steps"].value.records]
+    for row in rows:
+        assert row["in"] == row["kept"] + row["quarantined"] + row["dropped"], row
+    total = rows[-1]
+    assert (total["step"], total["in"], total["quarantined"], total["kept"]) == ("total", 6 + len(BAD), len(BAD), 3)
