@@ -7,7 +7,7 @@ import dagster as dg
 
 from assets.metadata import counts_table, preview, table
 from pipeline.curation.records import dataset_version, sha256_json
-from pipeline.curation.split import grouped_split, leaked_heldout
+from pipeline.curation.split import grouped_split, leaked_heldout, time_split
 from pipeline.curation.steps import read_golden
 from pipeline.curation.token_stats import histogram_markdown, length_summary, token_lengths
 from resources import RecipeResource
@@ -26,8 +26,11 @@ from resources import RecipeResource
 def splits(context: dg.AssetExecutionContext, deduped_examples: list, recipe: RecipeResource):
     data = recipe.load().data
     golden = read_golden(data)
-    split = grouped_split(deduped_examples, data.heldout_fraction, data.heldout_max_examples, data.seed,
-                          near_dup=data.near_dup, golden=golden)
+    if data.split_by == "time":
+        split = time_split(deduped_examples, data.time_key, data.heldout_from, near_dup=data.near_dup, golden=golden)
+    else:
+        split = grouped_split(deduped_examples, data.heldout_fraction, data.heldout_max_examples, data.seed,
+                              near_dup=data.near_dup, golden=golden)
     reasons = Counter(r["meta"]["contaminated_by"].split(":")[0] for r in split.decontaminated)
     context.log.info(f"split {len(deduped_examples)} examples: {len(split.train)} train, {len(split.heldout)} held-out, "
                      f"{len(split.decontaminated)} removed from train as contaminated {dict(reasons)}")

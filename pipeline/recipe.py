@@ -79,6 +79,10 @@ class DataRecipe(_Section):
     heldout_fraction: float = Field(0.15, gt=0, lt=1, description="Share of examples held out for evaluation.")
     heldout_max_examples: int = Field(80, gt=0, description="Upper bound on the held-out set, to bound eval cost.")
     seed: int = Field(17, description="Seed of the split.")
+    split_by: Literal["group", "time"] = Field("group", description="`group`: whole groups held out in seeded hash "
+                                               "order. `time`: examples from `heldout_from` on are held out (feedback data).")
+    time_key: str = Field("timestamp", description="Raw field with the example's ISO-8601 time, for split_by=time.")
+    heldout_from: str | None = Field(None, description="ISO-8601 start of the held-out period, for split_by=time.")
     near_dup: NearDupRecipe = Field(default_factory=NearDupRecipe, description="MinHash near-duplicate settings, "
                                     "used both for deduplication and for decontaminating train.")
     quality: QualityRecipe = Field(default_factory=QualityRecipe, description="Quality filters, applied after "
@@ -142,6 +146,12 @@ class Recipe(_Section):
     evaluation: EvaluationRecipe = Field(default_factory=EvaluationRecipe)
     gate: GateRecipe = Field(default_factory=GateRecipe)
     registry: RegistryRecipe = Field(default_factory=RegistryRecipe)
+
+    @model_validator(mode="after")
+    def _time_split_has_a_start(self) -> "Recipe":
+        if self.data.split_by == "time" and not self.data.heldout_from:
+            raise ValueError("data.split_by is time but data.heldout_from is not set")
+        return self
 
     @model_validator(mode="after")
     def _has_sources(self) -> "Recipe":

@@ -78,3 +78,18 @@ def test_leakage_check_blocks_when_heldout_examples_are_planted_in_train():
     failed = no_heldout_near_duplicate_in_train(train_split=leaky, heldout_split=split.heldout, recipe=recipe)
     assert not failed.passed
     assert failed.metadata["leaks"].value == 2
+
+
+def test_time_split_holds_out_what_came_after_the_cutoff_with_its_whole_family():
+    from pipeline.curation.split import time_split
+
+    def rec(i, group, when):
+        return {"id": str(i), "group": group, "meta": {"timestamp": when} if when else {},
+                "messages": [{"role": "user", "content": f"question number {i} about {group}"},
+                             {"role": "assistant", "content": f"answer {i}"}]}
+
+    records = [rec(1, "a", "2026-01-01T10:00"), rec(2, "b", "2026-02-01T10:00"), rec(3, "b", "2026-01-05T00:00"),
+               rec(4, "c", None), rec(5, "d", "2026-03-01")]
+    split = time_split(records, "timestamp", "2026-02-01")
+    assert [r["id"] for r in split.heldout] == ["2", "3", "5"]
+    assert [r["id"] for r in split.train] == ["1", "4"]

@@ -65,6 +65,27 @@ def grouped_split(records: list[Record], fraction: float, max_heldout: int, seed
     return Split(train, heldout, decontaminated, len(heldout_groups), len(groups) - len(heldout_groups))
 
 
+def time_split(records: list[Record], time_key: str, heldout_from: str, near_dup: NearDupRecipe | None = None,
+               golden: list[Record] = ()) -> Split:
+    """Feedback data: examples whose `meta[time_key]` (ISO-8601 text, compared as text) is at or after
+    `heldout_from` are held out, so evaluation runs on what came after everything trained on. Examples
+    without a timestamp stay in train. Train is decontaminated like in `grouped_split`."""
+    later = {r["group"] for r in records if str(r.get("meta", {}).get(time_key) or "") >= heldout_from}
+    # a group with any held-out example goes whole, so families never straddle the split
+    heldout = [r for r in records if r["group"] in later]
+    rest = [r for r in records if r["group"] not in later]
+    heldout_prompts = {prompt_key(r["messages"]) for r in heldout}
+    near = near_duplicates_of(rest, heldout + list(golden), near_dup) if near_dup else {}
+    train, decontaminated = [], []
+    for i, rec in enumerate(rest):
+        if prompt_key(rec["messages"]) in heldout_prompts or i in near:
+            by = "heldout_prompt" if i not in near else f"near_duplicate:{near[i][0]}"
+            decontaminated.append({**rec, "meta": {**rec.get("meta", {}), "contaminated_by": by}})
+        else:
+            train.append(rec)
+    return Split(train, heldout, decontaminated, len(later), len({r["group"] for r in rest}))
+
+
 def leaked_heldout(train: list[Record], reference: list[Record], near_dup: NearDupRecipe) -> list[dict]:
     """Every train example that is a near-duplicate of a held-out (or golden) example; empty means clean."""
     hits = near_duplicates_of(train, reference, near_dup)
