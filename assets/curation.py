@@ -10,6 +10,7 @@ from assets.metadata import counts_table, preview, table
 from pipeline.curation.pii import scan_text
 from pipeline.curation.records import dataset_version
 from pipeline.curation.steps import curation_steps, run_steps
+from pipeline.curation.token_stats import token_counter
 from assets.sources import QUARANTINE_KEY
 from resources import Bucket, RecipeResource
 
@@ -18,12 +19,16 @@ from resources import Bucket, RecipeResource
     group_name="curation",
     kinds={"python", "jsonl"},
     description="Seed examples with PII and secrets replaced by typed placeholders (<EMAIL>, <AWS_ACCESS_KEY>, ...), "
+    "quality filters (repetition, garbage characters, prompt echoes, token-length bounds in the base model's tokenizer), "
     "exact duplicates (case- and whitespace-insensitive) and MinHash near-duplicates removed, first occurrence kept.",
 )
-def deduped_examples(context: dg.AssetExecutionContext, seed_examples: list, recipe: RecipeResource,
-                     bucket: Bucket) -> dg.Output[list]:
+def deduped_examples(context: dg.AssetExecutionContext, seed_examples: list, base_model: dict,
+                     recipe: RecipeResource, bucket: Bucket) -> dg.Output[list]:
+    from transformers import AutoTokenizer
+
     data = recipe.load().data
-    records, reports = run_steps(seed_examples, curation_steps(data))
+    count_tokens = token_counter(AutoTokenizer.from_pretrained(base_model["path"]))
+    records, reports = run_steps(seed_examples, curation_steps(data, count_tokens))
     # the books start at the raw lines: what seed_examples quarantined is the first row
     quarantined = Counter(json.loads(line)["reason"] for line in bucket.read_bytes(QUARANTINE_KEY).decode().splitlines()
                           if line.strip()) if bucket.exists(QUARANTINE_KEY) else Counter()

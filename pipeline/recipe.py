@@ -56,6 +56,10 @@ class QualityRecipe(_Section):
                                      "share of control, private-use or replacement characters.")
     echo_min_chars: int = Field(20, ge=0, description="An answer containing the whole prompt (at least this long) "
                                 "only echoes it and is dropped.")
+    min_tokens: int = Field(8, ge=0, description="Drop conversations shorter than this many tokens of the base "
+                            "model's tokenizer (rendered with its chat template).")
+    max_tokens: int = Field(4096, gt=0, description="Drop conversations longer than this many tokens (training "
+                            "truncates at training.max_length; this bound removes the outliers).")
 
 
 class DataRecipe(_Section):

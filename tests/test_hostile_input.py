@@ -60,23 +60,26 @@ def test_hostile_file_is_quarantined_line_by_line_and_good_records_pass_unchange
     assert kept[2]["messages"] == GOOD[2]["messages"]
 
 
-def test_the_ui_books_balance_from_raw_lines_to_kept_records(tmp_path):
+def test_the_ui_books_balance_from_raw_lines_to_kept_records(tmp_path, tiny_model_dir):
     import dagster as dg
 
     from assets.curation import deduped_examples
+    from assets.model import base_model
     from assets.sources import seed_examples
     from pipeline.recipe import Recipe
     from resources import Bucket, BucketJsonIOManager, RecipeResource
 
     path = tmp_path / "hostile.jsonl"
     path.write_bytes(b"\n".join([json.dumps(g).encode() for g in GOOD * 2] + [raw for raw, _ in BAD]) + b"\n")
-    recipe = Recipe(data=DataRecipe(sources=[SourceSpec(path=str(path))], max_quarantine_share=1.0, golden_path=None))
+    recipe = Recipe(data=DataRecipe(sources=[SourceSpec(path=str(path))], max_quarantine_share=1.0, golden_path=None),
+                    base_model={"path": str(tiny_model_dir), "name": "tiny-llama"})
     bucket = Bucket(root=str(tmp_path / "store"))
-    result = dg.materialize([seed_examples, deduped_examples], instance=dg.DagsterInstance.ephemeral(),
+    result = dg.materialize([seed_examples, base_model, deduped_examples], instance=dg.DagsterInstance.ephemeral(),
                             resources={"recipe": RecipeResource.of(recipe), "bucket": bucket,
                                        "io_manager": BucketJsonIOManager(bucket=bucket)})
     rows = [r.data for r in result.asset_materializations_for_node("deduped_examples")[0].metadata["steps"].value.records]
     for row in rows:
         assert row["in"] == row["kept"] + row["quarantined"] + row["dropped"], row
+    assert "token_length_filter" in [row["step"] for row in rows]
     total = rows[-1]
     assert (total["step"], total["in"], total["quarantined"], total["kept"]) == ("total", 6 + len(BAD), len(BAD), 3)

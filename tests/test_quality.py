@@ -34,3 +34,13 @@ def test_an_answer_that_only_repeats_the_prompt_is_dropped_but_a_quoted_phrase_i
     kept, dropped = drop_prompt_echoes(records, QualityRecipe())
     assert [r["id"] for r in kept] == ["fine"]
     assert [(r["id"], reason) for r, reason in dropped] == [("echo", "echoes_prompt")]
+
+
+def test_token_length_bounds_drop_both_ends_and_name_the_side():
+    from pipeline.curation.quality import drop_by_token_length
+
+    records = [_record("hi", "yo", "short"), _record(DESCRIPTION, "Config parser", "ok"), _record(DESCRIPTION * 5, "x", "long")]
+    count = lambda rec: sum(len(m["content"].split()) for m in rec["messages"])  # noqa: E731 - a stand-in tokenizer
+    kept, dropped = drop_by_token_length(records, count, QualityRecipe(min_tokens=5, max_tokens=100))
+    assert [r["id"] for r in kept] == ["ok"]
+    assert [(r["id"], reason) for r, reason in dropped] == [("short", "too_few_tokens"), ("long", "too_many_tokens")]

@@ -1,10 +1,12 @@
-"""Quality filters as curation blocks: repetition (datatrove's Gopher rules), garbage characters, prompt echoes."""
+"""Quality filters as curation blocks: repetition (datatrove's Gopher rules), garbage characters, prompt echoes,
+and length bounds in tokens of the base model's tokenizer."""
 
 from __future__ import annotations
 
 import unicodedata
 
 import re
+from collections.abc import Callable
 
 from datatrove.pipeline.filters.gopher_repetition_filter import (find_all_duplicate, find_duplicates,
                                                                  find_top_duplicate, get_n_grams)
@@ -73,4 +75,19 @@ def drop_prompt_echoes(records: list[Record], quality: QualityRecipe) -> tuple[l
         prompt = normalize_text(rec["messages"][-2]["content"]) if len(rec["messages"]) > 1 else ""
         echo = bool(prompt) and (answer == prompt or (len(prompt) >= quality.echo_min_chars and prompt in answer))
         (dropped.append((rec, "echoes_prompt")) if echo else kept.append(rec))
+    return kept, dropped
+
+
+def drop_by_token_length(records: list[Record], count_tokens: Callable[[Record], int],
+                         quality: QualityRecipe) -> tuple[list[Record], list[Dropped]]:
+    """Drop conversations shorter than min_tokens or longer than max_tokens (rendered with the chat template)."""
+    kept, dropped = [], []
+    for rec in records:
+        n = count_tokens(rec)
+        if n < quality.min_tokens:
+            dropped.append((rec, "too_few_tokens"))
+        elif n > quality.max_tokens:
+            dropped.append((rec, "too_many_tokens"))
+        else:
+            kept.append(rec)
     return kept, dropped

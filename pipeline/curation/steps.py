@@ -15,7 +15,7 @@ from pathlib import Path
 from pipeline.curation.formats import MalformedRecord, normalise, rejected_of
 from pipeline.curation.near_dup import drop_near_duplicates
 from pipeline.curation.pii import scrub_text
-from pipeline.curation.quality import drop_garbage, drop_prompt_echoes, drop_repetitive
+from pipeline.curation.quality import drop_by_token_length, drop_garbage, drop_prompt_echoes, drop_repetitive
 from pipeline.curation.readers import read_any
 from pipeline.curation.records import Record, content_key, record_id
 from pipeline.recipe import DataRecipe, SourceSpec
@@ -149,8 +149,9 @@ def drop_exact_duplicates(records: list[Record]) -> tuple[list[Record], list[Dro
     return kept, dropped
 
 
-def curation_steps(recipe: DataRecipe) -> list[tuple[str, Step]]:
-    """The cleaning blocks in order; near-duplicates last, so cheap exact matches never reach MinHash."""
+def curation_steps(recipe: DataRecipe, count_tokens: Callable[[Record], int] | None = None) -> list[tuple[str, Step]]:
+    """The cleaning blocks in order; near-duplicates last, so cheap exact matches never reach MinHash.
+    With `count_tokens` (the base model's tokenizer), token-length bounds apply too."""
     def near_dedup(records: list[Record]) -> tuple[list[Record], list[Dropped]]:
         if recipe.near_dup.engine == "datatrove":
             from pipeline.curation.datatrove_minhash import drop_near_duplicates_with_datatrove
@@ -165,6 +166,8 @@ def curation_steps(recipe: DataRecipe) -> list[tuple[str, Step]]:
         ("garbage_filter", lambda records: drop_garbage(records, recipe.quality)),
         ("repetition_filter", lambda records: drop_repetitive(records, recipe.quality)),
         ("prompt_echo_filter", lambda records: drop_prompt_echoes(records, recipe.quality)),
+        *([("token_length_filter", lambda records: drop_by_token_length(records, count_tokens, recipe.quality))]
+          if count_tokens else []),
         ("exact_dedup", drop_exact_duplicates),
         ("near_dedup", near_dedup),
     ]

@@ -14,6 +14,11 @@ def token_lengths(records: list[Record], tokenizer) -> list[int]:
     return [len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"]) for r in records]
 
 
+def token_counter(tokenizer):
+    """A record -> token count function for the curation steps."""
+    return lambda record: token_lengths([record], tokenizer)[0]
+
+
 def length_summary(lengths: Sequence[int], max_length: int) -> dict[str, float | int]:
     """Count, mean, percentiles and how many examples the training max_length would truncate."""
     if not lengths:
