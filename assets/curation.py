@@ -1,24 +1,52 @@
 """Curation assets: cleaning blocks applied in order, every drop counted with its reason."""
 
 
+import json
+from collections import Counter, defaultdict
+
 import dagster as dg
 
-from assets.metadata import preview, table
+from assets.metadata import counts_table, preview, table
+from pipeline.curation.pii import scan_text
 from pipeline.curation.records import dataset_version
-from pipeline.curation.steps import DEFAULT_STEPS, run_steps
+from pipeline.curation.steps import curation_steps, run_steps
+from pipeline.curation.token_stats import token_counter
+from assets.sources import QUARANTINE_KEY
+from resources import Bucket, RecipeResource
 
 
 @dg.asset(
     group_name="curation",
     kinds={"python", "jsonl"},
-    description="Seed examples with e-mail addresses replaced by <EMAIL> and exact duplicates "
-    "(case- and whitespace-insensitive) removed, first occurrence kept.",
+    description="Seed examples with PII and secrets replaced by typed placeholders (<EMAIL>, <AWS_ACCESS_KEY>, ...), "
+    "quality filters (repetition, garbage characters, prompt echoes, token-length bounds in the base model's tokenizer), "
+    "exact duplicates (case- and whitespace-insensitive) and MinHash near-duplicates removed, first occurrence kept.",
 )
-def deduped_examples(context: dg.AssetExecutionContext, seed_examples: list) -> dg.Output[list]:
-    records, reports = run_steps(seed_examples, DEFAULT_STEPS)
-    steps = [{"step": r.name, "in": r.records_in, "kept": r.kept, "dropped": sum(r.dropped.values()),
-              "reasons": ", ".join(f"{k}={v}" for k, v in r.dropped.items()) or "-"} for r in reports]
-    emails = sum(r["meta"].get("scrubbed_emails", 0) for r in records)
+def deduped_examples(context: dg.AssetExecutionContext, seed_examples: list, base_model: dict,
+                     recipe: RecipeResource, bucket: Bucket) -> dg.Output[list]:
+    from transformers import AutoTokenizer
+
+    data = recipe.load().data
+    count_tokens = token_counter(AutoTokenizer.from_pretrained(base_model["path"]))
+    records, reports = run_steps(seed_examples, curation_steps(data, count_tokens))
+    # the books start at the raw lines: what seed_examples quarantined is the first row
+    quarantined = Counter(json.loads(line)["reason"] for line in bucket.read_bytes(QUARANTINE_KEY).decode().splitlines()
+                          if line.strip()) if bucket.exists(QUARANTINE_KEY) else Counter()
+    steps = [{"step": "read_and_normalise", "in": len(seed_examples) + sum(quarantined.values()), "kept": len(seed_examples),
+              "quarantined": sum(quarantined.values()), "dropped": 0, "seconds": 0.0,
+              "reasons": ", ".join(f"{k}={v}" for k, v in quarantined.most_common()) or "-"}]
+    steps += [{"step": r.name, "in": r.records_in, "kept": r.kept, "quarantined": 0, "dropped": sum(r.dropped.values()),
+               "seconds": round(r.seconds, 3), "reasons": ", ".join(f"{k}={v}" for k, v in r.dropped.items()) or "-"}
+              for r in reports]
+    steps.append({"step": "total", "in": steps[0]["in"], "kept": len(records), "quarantined": steps[0]["quarantined"],
+                  "dropped": sum(s["dropped"] for s in steps), "seconds": round(sum(r.seconds for r in reports), 3),
+                  "reasons": "in = kept + quarantined + dropped"})
+    scrubbed = sum((Counter(r["meta"].get("scrubbed", {})) for r in records), Counter())
+    clusters: dict[str, list[str]] = defaultdict(list)
+    for r in reports:
+        for rec, _ in r.dropped_records:
+            if "near_duplicate_of" in rec["meta"]:
+                clusters[rec["meta"]["near_duplicate_of"]].append(rec["id"])
     for r in reports:
         context.log.info(f"{r.name}: {r.records_in} in, {r.kept} kept, dropped {dict(r.dropped)}")
     return dg.Output(
@@ -28,10 +56,31 @@ def deduped_examples(context: dg.AssetExecutionContext, seed_examples: list) -> 
             "records_in": len(seed_examples),
             "records": len(records),
             "dropped": len(seed_examples) - len(records),
-            "emails_scrubbed": emails,
-            "records_with_emails": sum(1 for r in records if r["meta"].get("scrubbed_emails")),
             "steps": table(steps),
+            "scrubbed_by_type": counts_table(scrubbed, key="type"),
+            "records_scrubbed": sum(1 for r in records if r["meta"].get("scrubbed")),
+            "near_duplicate_clusters": len(clusters),
+            "near_duplicate_cluster_sample": table([{"kept": k, "dropped": ", ".join(v), "size": len(v) + 1}
+                                                    for k, v in sorted(clusters.items())[:10]]),
+            "near_dup_settings": dg.MetadataValue.json(data.near_dup.model_dump()),
             "dropped_examples": table([dict(e, step=r.name) for r in reports for e in r.examples]),
             "preview": preview(records),
         },
+    )
+
+
+@dg.asset_check(asset=deduped_examples, blocking=True,
+                description="A scan of every turn finds no e-mail, phone, IP, card number or credential left.")
+def no_pii_or_secrets_left(deduped_examples: list) -> dg.AssetCheckResult:
+    found: Counter = Counter()
+    hits = []
+    for rec in deduped_examples:
+        counts = sum((scan_text(m["content"]) for m in rec["messages"]), Counter())
+        if counts:
+            found += counts
+            hits.append({"id": rec["id"], "types": ", ".join(sorted(counts))})
+    return dg.AssetCheckResult(
+        passed=not found,
+        description=f"{sum(found.values())} PII/secret matches in {len(hits)} of {len(deduped_examples)} records",
+        metadata={"matches": sum(found.values()), "by_type": counts_table(found, key="type"), "examples": table(hits[:20])},
     )

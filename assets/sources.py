@@ -8,10 +8,32 @@ import dagster as dg
 
 from assets.metadata import counts_table, preview, table
 from pipeline.curation.records import dataset_version
+from pipeline.curation.readers import READABLE_SUFFIXES
 from pipeline.curation.steps import read_sources
+from pipeline.recipe import DataRecipe
 from resources import Bucket, RecipeResource
 
 QUARANTINE_KEY = "quarantine/seed_examples.jsonl"
+
+
+def stage_remote_sources(data: DataRecipe, bucket: Bucket) -> DataRecipe:
+    """Copy `s3://` sources (one object, or every object under a prefix) into the bucket's local cache, through
+    the bucket resource's client and credentials; local sources are left as they are."""
+    staged = []
+    for source in data.sources:
+        if not source.path.startswith("s3://"):
+            staged.append(source)
+            continue
+        name, _, key = source.path[len("s3://"):].partition("/")
+        store = Bucket(root=f"s3://{name}", endpoint_url=bucket.endpoint_url, cache_dir=bucket.cache_dir)
+        if key.endswith(READABLE_SUFFIXES):
+            local = store.local_path(key)
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(store.read_bytes(key))
+        else:
+            local = store.download_dir(key.rstrip("/"))
+        staged.append(source.model_copy(update={"path": str(local)}))
+    return data.model_copy(update={"sources": staged})
 
 
 @dg.asset(
@@ -22,7 +44,7 @@ QUARANTINE_KEY = "quarantine/seed_examples.jsonl"
 )
 def seed_examples(context: dg.AssetExecutionContext, recipe: RecipeResource, bucket: Bucket) -> dg.Output[list]:
     data = recipe.load().data
-    result = read_sources(data)
+    result = read_sources(stage_remote_sources(data, bucket))
     quarantine_uri = bucket.write_bytes(
         QUARANTINE_KEY, "".join(json.dumps(q, ensure_ascii=False, sort_keys=True) + "\n" for q in result.quarantined).encode()
     )

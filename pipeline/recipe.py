@@ -20,10 +20,46 @@ class _Section(BaseModel):
 
 
 class SourceSpec(_Section):
-    path: str = Field(description="A JSONL or JSONL.gz file; relative paths are taken from the project root.")
-    format: Literal["auto", "alpaca", "sharegpt", "chatml"] = Field(
-        "auto", description="Record shape; `auto` detects it per record from its keys."
+    path: str = Field(description="A JSONL, JSONL.gz or Parquet file, a `datasets.save_to_disk` folder or a folder "
+                      "of such files (read sorted), or an s3:// object or prefix (fetched through the bucket resource); "
+                      "relative paths are taken from the project root.")
+    format: Literal["auto", "alpaca", "sharegpt", "chatml", "preference"] = Field(
+        "auto", description="Record shape; `auto` detects it per record from its keys. A preference pair "
+        "(prompt/chosen/rejected, strings or message lists) keeps its rejected conversation in meta.rejected."
     )
+
+
+class NearDupRecipe(_Section):
+    shingle_size: int = Field(2, gt=0, description="Words per MinHash shingle (after datatrove's text normalisation, "
+                              "which drops case and punctuation). Small shingles tolerate word edits.")
+    bands: int = Field(14, gt=0, description="LSH bands; two records become candidates when any band matches.")
+    rows: int = Field(8, gt=0, description="Min-hashes per band; bands x rows is the signature length.")
+    threshold: float = Field(0.8, gt=0, le=1, description="Estimated Jaccard similarity at or above which a "
+                             "candidate pair counts as near-duplicate.")
+    seed: int = Field(1, description="Seed of the MinHash permutations.")
+    engine: Literal["in_process", "datatrove"] = Field(
+        "in_process", description="`in_process`: datatrove's shingles and signatures on the records in memory, LSH "
+        "candidates confirmed by estimated similarity (fast at this size, threshold exact). `datatrove`: datatrove's "
+        "file-based four-stage pipeline under its LocalPipelineExecutor (no similarity check; the bands x rows "
+        "S-curve is the threshold), the form that scales out.")
+
+
+class QualityRecipe(_Section):
+    max_duplicate_line_share: float = Field(0.3, gt=0, le=1, description="Gopher: drop a turn when more than this "
+                                            "share of its lines are repeats of other lines.")
+    max_top_ngram_char_share: float = Field(0.2, gt=0, le=1, description="Gopher: drop a turn when its most common "
+                                            "2- or 3-gram covers more than this share of its characters.")
+    max_duplicate_ngram_char_share: float = Field(0.15, gt=0, le=1, description="Gopher: drop a turn when repeated "
+                                                  "5- to 10-grams cover more than this share of its characters.")
+    repetition_min_words: int = Field(30, ge=0, description="Turns shorter than this are not checked for repetition.")
+    max_garbage_share: float = Field(0.02, ge=0, le=1, description="Drop a record when any turn has more than this "
+                                     "share of control, private-use or replacement characters.")
+    echo_min_chars: int = Field(20, ge=0, description="An answer containing the whole prompt (at least this long) "
+                                "only echoes it and is dropped.")
+    min_tokens: int = Field(8, ge=0, description="Drop conversations shorter than this many tokens of the base "
+                            "model's tokenizer (rendered with its chat template).")
+    max_tokens: int = Field(4096, gt=0, description="Drop conversations longer than this many tokens (training "
+                            "truncates at training.max_length; this bound removes the outliers).")
 
 
 class DataRecipe(_Section):
@@ -47,6 +83,16 @@ class DataRecipe(_Section):
     heldout_fraction: float = Field(0.15, gt=0, lt=1, description="Share of examples held out for evaluation.")
     heldout_max_examples: int = Field(80, gt=0, description="Upper bound on the held-out set, to bound eval cost.")
     seed: int = Field(17, description="Seed of the split.")
+    split_by: Literal["group", "time"] = Field("group", description="`group`: whole groups held out in seeded hash "
+                                               "order. `time`: examples from `heldout_from` on are held out (feedback data).")
+    time_key: str = Field("timestamp", description="Raw field with the example's ISO-8601 time, for split_by=time.")
+    heldout_from: str | None = Field(None, description="ISO-8601 start of the held-out period, for split_by=time.")
+    near_dup: NearDupRecipe = Field(default_factory=NearDupRecipe, description="MinHash near-duplicate settings, "
+                                    "used both for deduplication and for decontaminating train.")
+    quality: QualityRecipe = Field(default_factory=QualityRecipe, description="Quality filters, applied after "
+                                   "PII scrubbing and before deduplication.")
+    golden_path: str | None = Field("data/sample/golden.jsonl", description="Frozen golden eval set (JSONL, any "
+                                    "shape); train examples near-duplicate to it are removed. None: no golden set.")
 
 
 class BaseModelRecipe(_Section):
@@ -107,6 +153,12 @@ class Recipe(_Section):
     evaluation: EvaluationRecipe = Field(default_factory=EvaluationRecipe)
     gate: GateRecipe = Field(default_factory=GateRecipe)
     registry: RegistryRecipe = Field(default_factory=RegistryRecipe)
+
+    @model_validator(mode="after")
+    def _time_split_has_a_start(self) -> "Recipe":
+        if self.data.split_by == "time" and not self.data.heldout_from:
+            raise ValueError("data.split_by is time but data.heldout_from is not set")
+        return self
 
     @model_validator(mode="after")
     def _has_sources(self) -> "Recipe":

@@ -54,3 +54,22 @@ def test_io_manager_stores_records_as_jsonl_and_dicts_as_json(root_kind, s3_buck
     assert result.success
     assert bucket.read_bytes("assets/records.jsonl").decode().splitlines()[0] == '{"id": "1", "text": "é"}'
     assert result.output_for_node("summary") == {"n": 2}
+
+
+def test_s3_sources_are_read_through_the_bucket_resource(s3_bucket):
+    import json
+
+    from assets.sources import stage_remote_sources
+    from pipeline.curation.steps import read_sources
+    from pipeline.recipe import DataRecipe, SourceSpec
+
+    row = json.dumps({"instruction": "Summarise zlib", "output": "compression library"}).encode() + b"\n"
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="raw")
+    s3.put_object(Bucket="raw", Key="one/alpaca.jsonl", Body=row)
+    s3.put_object(Bucket="raw", Key="many/a.jsonl", Body=row + b"{broken\n")
+    s3.put_object(Bucket="raw", Key="many/b.jsonl", Body=row)
+    data = DataRecipe(sources=[SourceSpec(path="s3://raw/one/alpaca.jsonl"), SourceSpec(path="s3://raw/many")])
+    result = read_sources(stage_remote_sources(data, s3_bucket))
+    assert [r["origin"]["file"] for r in result.records] == ["alpaca.jsonl", "a.jsonl", "b.jsonl"]
+    assert [(q["file"], q["line"], q["reason"]) for q in result.quarantined] == [("a.jsonl", 2, "invalid_json")]

@@ -4,8 +4,9 @@ import gzip
 import json
 
 from pipeline.curation.records import content_key
-from pipeline.curation.steps import DEFAULT_STEPS, drop_exact_duplicates, read_sources, run_steps, scrub_emails
-from pipeline.recipe import DataRecipe, SourceSpec
+from pipeline.curation.steps import DEFAULT_STEPS, drop_exact_duplicates, read_sources, run_steps, scrub_pii
+from pipeline.curation.near_dup import drop_near_duplicates
+from pipeline.recipe import DataRecipe, NearDupRecipe, SourceSpec
 
 
 def _record(text: str, answer: str = "An answer") -> dict:
@@ -41,10 +42,10 @@ def test_oversize_records_are_quarantined(tmp_path):
 
 
 def test_emails_are_replaced_by_a_placeholder():
-    kept, dropped = scrub_emails([_record("Contact jane.doe@example.org or <bob+x@lists.debian.org>.")])
+    kept, dropped = scrub_pii([_record("Contact jane.doe@example.org or <bob+x@lists.debian.org>.")])
     assert not dropped
     assert kept[0]["messages"][0]["content"] == "Contact <EMAIL> or <<EMAIL>>."
-    assert kept[0]["meta"]["scrubbed_emails"] == 2
+    assert kept[0]["meta"]["scrubbed"] == {"EMAIL": 2}
 
 
 def test_exact_duplicates_differing_in_case_and_spacing_are_dropped_once():
@@ -58,5 +59,42 @@ def test_step_counts_add_up_on_the_demo_data():
     records = read_sources(DataRecipe()).records
     kept, reports = run_steps(records, DEFAULT_STEPS)
     assert all(r.balanced() for r in reports)
-    assert reports[-1].dropped["exact_duplicate"] >= 6  # the sample repeats six examples across shapes on purpose
+    by_name = {r.name: r for r in reports}
+    assert by_name["exact_dedup"].dropped["exact_duplicate"] >= 6  # the sample repeats six examples across shapes on purpose
     assert len({content_key(r["messages"]) for r in kept}) == len(kept)
+
+
+def _words(n: int, seed: int) -> str:
+    import random
+    rng = random.Random(seed)
+    return " ".join(rng.choice(["alpha", "beta", "gamma", "delta", "omega", "kappa", "sigma", "tau", "rho", "phi",
+                                "library", "python", "module", "tool", "data", "file", "server", "client"]) + str(rng.randrange(50))
+                    for _ in range(n))
+
+
+def test_lightly_edited_copies_are_near_duplicates_and_the_first_is_kept():
+    text = _words(120, seed=1)
+    edited = text.replace(text.split()[10], "changed", 1).replace(text.split()[60], "other", 1) + " extra."
+    records = [_record(text), _record(_words(120, seed=2)), _record(edited)]
+    result = drop_near_duplicates(records, NearDupRecipe())
+    assert [r["id"] for r in result.kept] == [text, records[1]["id"]]
+    assert [(r["meta"]["near_duplicate_of"], reason) for r, reason in result.dropped] == [(text, "near_duplicate")]
+    assert result.clusters == [[text, edited]]
+
+
+def test_unrelated_texts_sharing_boilerplate_are_kept():
+    boiler = "This package contains the source for the Rust {} crate, packaged by debcargo for use with cargo."
+    records = [_record(boiler.format(name), answer) for name, answer in
+               [("enumn", "Convert number to enum"), ("memmap", "Cross-platform API for memory-mapped file IO")]]
+    assert len(drop_near_duplicates(records, NearDupRecipe()).kept) == 2
+
+
+def test_datatrove_pipeline_engine_finds_the_same_clear_cluster():
+    from pipeline.curation.datatrove_minhash import drop_near_duplicates_with_datatrove
+
+    text = _words(120, seed=1)
+    edited = text.replace(text.split()[10], "changed", 1) + " extra."
+    records = [_record(text), _record(_words(120, seed=2)), _record(edited)]
+    result = drop_near_duplicates_with_datatrove(records, NearDupRecipe(engine="datatrove"))
+    assert [r["id"] for r in result.kept] == [text, records[1]["id"]]
+    assert result.clusters == [[text, edited]]

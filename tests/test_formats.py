@@ -46,3 +46,24 @@ def test_malformed_records_raise_with_a_reason(raw, reason):
     with pytest.raises(MalformedRecord) as err:
         normalise(raw)
     assert err.value.reason == reason
+
+
+def test_preference_pairs_of_strings_or_message_lists_keep_their_rejected_side():
+    from pipeline.curation.formats import rejected_of
+
+    flat = {"prompt": "Summarise X", "chosen": "good", "rejected": "bad"}
+    assert normalise(flat) == ("preference", [{"role": "user", "content": "Summarise X"},
+                                              {"role": "assistant", "content": "good"}])
+    assert rejected_of(flat)[-1] == {"role": "assistant", "content": "bad"}
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Summarise X"}]
+    lists = {"chosen": conversation + [{"role": "assistant", "content": "good"}],
+             "rejected": conversation + [{"role": "assistant", "content": "bad"}]}
+    assert normalise(lists)[1] == lists["chosen"]
+    assert rejected_of(lists) == lists["rejected"]
+
+
+def test_a_preference_pair_with_an_empty_rejected_answer_is_malformed():
+    from pipeline.curation.formats import rejected_of
+
+    with pytest.raises(MalformedRecord, match="rejected_empty_assistant"):
+        rejected_of({"prompt": "Summarise X", "chosen": "good", "rejected": " "})

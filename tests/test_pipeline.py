@@ -9,7 +9,7 @@ from pipeline.definitions import all_assets, all_checks, finetune_job
 from resources import Bucket, BucketJsonIOManager, ModelRegistry, RecipeResource, TrainingLauncher
 from tests.conftest import tiny_recipe
 
-DATA_ASSETS = ["seed_examples", "deduped_examples", "train_split", "heldout_split", "base_model"]
+DATA_ASSETS = ["seed_examples", "deduped_examples", "train_split", "heldout_split", "base_model", "train_token_lengths"]
 
 
 def run_graph(store: Path, recipe, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
@@ -52,7 +52,8 @@ def test_whole_graph_materializes_and_passes_its_checks(two_runs):
     assert first.success
     assert set(data_versions(first)) == set(DATA_ASSETS) | {"sft_checkpoint", "eval_report", "registry_entry"}
     checks = {e.check_name: e.passed for e in first.get_asset_check_evaluations()}
-    assert checks == {"candidate_beats_base": True, "no_train_heldout_overlap": True}
+    assert checks == {"candidate_beats_base": True, "no_train_heldout_overlap": True,
+                      "no_heldout_near_duplicate_in_train": True, "no_pii_or_secrets_left": True}
 
 
 def test_registered_version_carries_full_lineage(two_runs):

@@ -24,3 +24,8 @@ def test_out_of_range_values_are_rejected():
 def test_fingerprint_follows_the_values():
     assert Recipe().fingerprint() == Recipe().fingerprint()
     assert Recipe().fingerprint() != Recipe.from_text("training: {seed: 1}").fingerprint()
+
+
+def test_a_time_split_without_its_start_is_rejected():
+    with pytest.raises(ValidationError, match="heldout_from"):
+        Recipe.from_text("data: {split_by: time}")

@@ -1,4 +1,7 @@
-"""Detect the shape of a raw example (alpaca, sharegpt, chatml) and normalise it to chat messages."""
+"""Detect the shape of a raw example (alpaca, sharegpt, chatml, preference pair) and normalise it to chat messages.
+
+A preference pair becomes the chosen conversation; its rejected conversation is kept beside it (`rejected_of`).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from typing import Any
 ROLES = {"system", "user", "assistant"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "model": "assistant", "chatgpt": "assistant", "system": "system"}
-SHAPE_KEYS = {"chatml": "messages", "sharegpt": "conversations", "alpaca": "instruction"}
+SHAPE_KEYS = {"preference": "chosen", "chatml": "messages", "sharegpt": "conversations", "alpaca": "instruction"}
 
 
 class MalformedRecord(ValueError):
@@ -75,7 +78,39 @@ def _from_chatml(raw: dict[str, Any]) -> list[dict[str, str]]:
     return messages
 
 
-NORMALISERS = {"alpaca": _from_alpaca, "sharegpt": _from_sharegpt, "chatml": _from_chatml}
+def _messages(value: Any, field: str) -> list[dict[str, str]]:
+    """A string is one turn of `field`'s natural role; a list is chat messages."""
+    if isinstance(value, str):
+        return [{"role": "user" if field == "prompt" else "assistant", "content": value}]
+    return _from_chatml({"messages": value}) if isinstance(value, list) else _turns({field: value}, field)
+
+
+def _pair(raw: dict[str, Any], side: str) -> list[dict[str, str]]:
+    prompt = _messages(raw["prompt"], "prompt") if raw.get("prompt") is not None else []
+    answer = _messages(raw.get(side), side)
+    # chosen/rejected given as whole conversations repeat the prompt; keep it once
+    if not prompt and len(answer) > 1:
+        return answer
+    return prompt + answer
+
+
+def _from_preference(raw: dict[str, Any]) -> list[dict[str, str]]:
+    if "rejected" not in raw:
+        raise MalformedRecord("missing_turn", "a preference pair needs both chosen and rejected")
+    return _pair(raw, "chosen")
+
+
+def rejected_of(raw: dict[str, Any]) -> list[dict[str, str]]:
+    """The rejected conversation of a preference pair, validated like the chosen one."""
+    messages = _pair(raw, "rejected")
+    try:
+        validate_conversation(messages)
+    except MalformedRecord as e:
+        raise MalformedRecord(f"rejected_{e.reason}", e.detail) from None
+    return messages
+
+
+NORMALISERS = {"alpaca": _from_alpaca, "sharegpt": _from_sharegpt, "chatml": _from_chatml, "preference": _from_preference}
 
 
 def validate_conversation(messages: list[dict[str, str]]) -> None:

@@ -1,4 +1,5 @@
-"""Read raw example files line by line, keeping where each line came from and why a bad one is bad."""
+"""Read raw examples (JSONL, JSONL.gz, Parquet, `datasets.save_to_disk` folders, plain folders of those) row by
+row, keeping where each row came from and why a bad one is bad."""
 
 from __future__ import annotations
 
@@ -43,3 +44,53 @@ def read_jsonl(path: Path, max_line_bytes: int = 1 << 20) -> Iterator[RawLine]:
                 yield RawLine(path.name, number, value=json.loads(text))
             except json.JSONDecodeError as e:
                 yield RawLine(path.name, number, error="invalid_json", detail=str(e))
+
+
+def _present(row: dict) -> dict:
+    # columnar files hold the union of every row's keys; an alpaca row must not look like chatml because of
+    # a null `messages` column
+    return {k: v for k, v in row.items() if v is not None}
+
+
+def read_parquet(path: Path, batch_size: int = 1024) -> Iterator[RawLine]:
+    """Yield every row of a Parquet file as a dict; `line` is the 1-based row number."""
+    import pyarrow.parquet as pq
+
+    number = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
+        for row in batch.to_pylist():
+            number += 1
+            yield RawLine(path.name, number, value=_present(row))
+
+
+def read_saved_dataset(path: Path) -> Iterator[RawLine]:
+    """Yield the rows of a dataset saved with `datasets.save_to_disk` (a DatasetDict's splits in name order)."""
+    import datasets
+
+    loaded = datasets.load_from_disk(str(path))
+    splits = [(name, loaded[name]) for name in sorted(loaded)] if isinstance(loaded, datasets.DatasetDict) else [("", loaded)]
+    for name, split in splits:
+        label = f"{path.name}/{name}" if name else path.name
+        for number, row in enumerate(split, start=1):
+            yield RawLine(label, number, value=_present(row))
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
+
+
+READABLE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
+
+
+def read_any(path: Path) -> Iterator[RawLine]:
+    """Dispatch on what `path` is: a saved dataset folder, a folder of files (sorted, recursive) or one file."""
+    if path.is_dir():
+        if _is_saved_dataset(path):
+            yield from read_saved_dataset(path)
+            return
+        for child in sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(READABLE_SUFFIXES)):
+            yield from read_any(child)
+    elif path.name.endswith(".parquet"):
+        yield from read_parquet(path)
+    else:
+        yield from read_jsonl(path)

@@ -6,16 +6,19 @@ records in = kept + dropped per reason holds for every step.
 
 from __future__ import annotations
 
-import re
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.curation.formats import MalformedRecord, normalise
-from pipeline.curation.readers import read_jsonl
+from pipeline.curation.formats import MalformedRecord, normalise, rejected_of
+from pipeline.curation.near_dup import drop_near_duplicates
+from pipeline.curation.pii import scrub_text
+from pipeline.curation.quality import drop_by_token_length, drop_garbage, drop_prompt_echoes, drop_repetitive
+from pipeline.curation.readers import read_any
 from pipeline.curation.records import Record, content_key, record_id
-from pipeline.recipe import DataRecipe
+from pipeline.recipe import DataRecipe, SourceSpec
 from pipeline.paths import resolve
 
 Dropped = tuple[Record, str]
@@ -29,6 +32,8 @@ class StepReport:
     kept: int
     dropped: Counter = field(default_factory=Counter)
     examples: list[dict] = field(default_factory=list)  # a few dropped records, to show in the UI
+    dropped_records: list[Dropped] = field(default_factory=list, repr=False)
+    seconds: float = 0.0
 
     def balanced(self) -> bool:
         return self.records_in == self.kept + sum(self.dropped.values())
@@ -37,14 +42,21 @@ class StepReport:
 def run_steps(records: list[Record], steps: Iterable[tuple[str, Step]], examples_per_step: int = 3) -> tuple[list[Record], list[StepReport]]:
     reports = []
     for name, step in steps:
+        start = time.perf_counter()
         kept, dropped = step(records)
-        report = StepReport(name, len(records), len(kept), Counter(reason for _, reason in dropped))
-        report.examples = [{"id": rec.get("id"), "reason": reason} for rec, reason in dropped[:examples_per_step]]
+        report = StepReport(name, len(records), len(kept), Counter(reason for _, reason in dropped), dropped_records=dropped,
+                            seconds=time.perf_counter() - start)
+        report.examples = [{"id": rec.get("id"), "reason": reason, "detail": _detail(rec)} for rec, reason in dropped[:examples_per_step]]
         if not report.balanced():
             raise AssertionError(f"step {name} lost records: {report}")
         reports.append(report)
         records = kept
     return records, reports
+
+
+def _detail(rec: Record) -> str:
+    meta = rec.get("meta", {})
+    return f"near-duplicate of {meta['near_duplicate_of']}" if "near_duplicate_of" in meta else ""
 
 
 # --- reading and normalising -------------------------------------------------------------------
@@ -60,12 +72,15 @@ class ReadResult:
         return len(self.quarantined) / self.lines_read if self.lines_read else 0.0
 
 
+RAW_CONTENT_KEYS = ("instruction", "input", "output", "system", "conversations", "messages", "prompt", "chosen", "rejected")
+
+
 def read_sources(recipe: DataRecipe) -> ReadResult:
     """Read and normalise every configured source; malformed lines are quarantined with file, line and reason."""
     records, quarantined, lines = [], [], 0
     for source in recipe.sources:
         path = resolve(source.path)
-        for raw in read_jsonl(path):
+        for raw in read_any(path):
             lines += 1
             where = {"file": raw.file, "line": raw.line}
             if raw.error:
@@ -73,13 +88,16 @@ def read_sources(recipe: DataRecipe) -> ReadResult:
                 continue
             try:
                 shape, messages = normalise(raw.value, source.format)
+                rejected = rejected_of(raw.value) if shape == "preference" else None
                 size = sum(len(m["content"]) for m in messages)
                 if size > recipe.max_chars:
                     raise MalformedRecord("oversize", f"{size} characters > max_chars {recipe.max_chars}")
             except MalformedRecord as e:
                 quarantined.append({**where, "reason": e.reason, "detail": e.detail, "raw": raw.value})
                 continue
-            meta = {k: v for k, v in raw.value.items() if k not in ("instruction", "input", "output", "system", "conversations", "messages")}
+            meta = {k: v for k, v in raw.value.items() if k not in RAW_CONTENT_KEYS}
+            if rejected is not None:
+                meta["rejected"] = rejected
             rid = record_id(messages)
             group = meta.get(recipe.group_key)
             records.append({
@@ -93,23 +111,27 @@ def read_sources(recipe: DataRecipe) -> ReadResult:
     return ReadResult(records, quarantined, lines)
 
 
+def read_golden(recipe: DataRecipe) -> list[Record]:
+    """The frozen golden eval set as canonical records (empty when none is configured); it never enters train."""
+    if not recipe.golden_path:
+        return []
+    return read_sources(recipe.model_copy(update={"sources": [SourceSpec(path=recipe.golden_path)]})).records
+
+
 # --- cleaning blocks -------------------------------------------------------------------------
 
-EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
-EMAIL_PLACEHOLDER = "<EMAIL>"
-
-
-def scrub_emails(records: list[Record]) -> tuple[list[Record], list[Dropped]]:
-    """Replace e-mail addresses with a typed placeholder; nothing is dropped, the count goes to `meta`."""
+def scrub_pii(records: list[Record]) -> tuple[list[Record], list[Dropped]]:
+    """Replace PII and secrets with typed placeholders (<EMAIL>, <AWS_ACCESS_KEY>, ...); nothing is dropped,
+    counts per type go to `meta["scrubbed"]`."""
     out = []
     for rec in records:
-        hits = 0
+        found: Counter = Counter()
         messages = []
         for m in rec["messages"]:
-            text, n = EMAIL.subn(EMAIL_PLACEHOLDER, m["content"])
-            hits += n
+            text, counts = scrub_text(m["content"])
+            found += counts
             messages.append({**m, "content": text})
-        out.append({**rec, "messages": messages, "meta": {**rec["meta"], "scrubbed_emails": hits}} if hits else rec)
+        out.append({**rec, "messages": messages, "meta": {**rec["meta"], "scrubbed": dict(found)}} if found else rec)
     return out, []
 
 
@@ -127,7 +149,28 @@ def drop_exact_duplicates(records: list[Record]) -> tuple[list[Record], list[Dro
     return kept, dropped
 
 
-DEFAULT_STEPS: list[tuple[str, Step]] = [
-    ("scrub_emails", scrub_emails),
-    ("exact_dedup", drop_exact_duplicates),
-]
+def curation_steps(recipe: DataRecipe, count_tokens: Callable[[Record], int] | None = None) -> list[tuple[str, Step]]:
+    """The cleaning blocks in order; near-duplicates last, so cheap exact matches never reach MinHash.
+    With `count_tokens` (the base model's tokenizer), token-length bounds apply too."""
+    def near_dedup(records: list[Record]) -> tuple[list[Record], list[Dropped]]:
+        if recipe.near_dup.engine == "datatrove":
+            from pipeline.curation.datatrove_minhash import drop_near_duplicates_with_datatrove
+
+            result = drop_near_duplicates_with_datatrove(records, recipe.near_dup)
+        else:
+            result = drop_near_duplicates(records, recipe.near_dup)
+        return result.kept, result.dropped
+
+    return [
+        ("scrub_pii", scrub_pii),
+        ("garbage_filter", lambda records: drop_garbage(records, recipe.quality)),
+        ("repetition_filter", lambda records: drop_repetitive(records, recipe.quality)),
+        ("prompt_echo_filter", lambda records: drop_prompt_echoes(records, recipe.quality)),
+        *([("token_length_filter", lambda records: drop_by_token_length(records, count_tokens, recipe.quality))]
+          if count_tokens else []),
+        ("exact_dedup", drop_exact_duplicates),
+        ("near_dedup", near_dedup),
+    ]
+
+
+DEFAULT_STEPS: list[tuple[str, Step]] = curation_steps(DataRecipe())

@@ -1,0 +1,58 @@
+"""Near-duplicates through datatrove's own four-stage MinHash pipeline (signatures, buckets, clusters on disk).
+
+The file-based stages are what datatrove scales out with its Slurm or Ray executors; here they run under the
+LocalPipelineExecutor in a scratch folder. Unlike the in-process index, every pair sharing an LSH band counts
+as a duplicate (no similarity check), so the bands x rows S-curve is the threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+from pipeline.curation.near_dup import NearDupConfig, NearDupResult, datatrove_config, record_text
+from pipeline.curation.records import Record
+
+
+def minhash_clusters_with_datatrove(texts: list[str], config: NearDupConfig, workdir: Path, workers: int = 1) -> dict[int, list[int]]:
+    """Clusters of text indices (size > 1) found by datatrove's pipeline, each sorted."""
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupSignature
+    from datatrove.pipeline.readers import JsonlReader
+
+    (workdir / "in").mkdir(parents=True)
+    with open(workdir / "in/data.jsonl", "w", encoding="utf-8") as f:
+        for i, text in enumerate(texts):
+            f.write(json.dumps({"id": str(i), "text": text}) + "\n")
+    mh = datatrove_config(config)
+    for name, pipeline, tasks in [
+        ("signatures", [JsonlReader(str(workdir / "in")), MinhashDedupSignature(str(workdir / "sigs"), config=mh)], 1),
+        ("buckets", [MinhashDedupBuckets(str(workdir / "sigs"), str(workdir / "buckets"), config=mh)], mh.num_buckets),
+        ("clusters", [MinhashDedupCluster(str(workdir / "buckets"), str(workdir / "clusters"), config=mh,
+                                          save_cluster_id=True)], 1),
+    ]:
+        LocalPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=str(workdir / "logs" / name)).run()
+
+    members: dict[int, list[int]] = defaultdict(list)
+    path = workdir / "clusters/000000.clusters"  # one input file -> file id 0; (doc index, cluster id) pairs
+    data = path.read_bytes() if path.exists() else b""
+    for doc, cluster in struct.iter_unpack("<2I", data):
+        members[cluster].append(doc)
+    return {min(m): sorted(m) for m in members.values() if len(m) > 1}
+
+
+def drop_near_duplicates_with_datatrove(records: list[Record], config: NearDupConfig) -> NearDupResult:
+    """Same contract as `drop_near_duplicates`: the earliest record of each cluster is kept."""
+    with tempfile.TemporaryDirectory(prefix="minhash-") as tmp:
+        clusters = minhash_clusters_with_datatrove([record_text(r) for r in records], config, Path(tmp))
+    root_of = {i: root for root, members in clusters.items() for i in members}
+    drop = {i for members in clusters.values() for i in members[1:]}
+    return NearDupResult(
+        kept=[r for i, r in enumerate(records) if i not in drop],
+        dropped=[({**r, "meta": {**r["meta"], "near_duplicate_of": records[root_of[i]]["id"]}}, "near_duplicate")
+                 for i, r in enumerate(records) if i in drop],
+        clusters=[[records[i]["id"] for i in members] for _, members in sorted(clusters.items())],
+    )

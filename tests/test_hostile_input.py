@@ -1,0 +1,85 @@
+"""A file of hostile input goes through the whole curation stage: nothing crashes, every bad line is
+quarantined with its reason and where it came from, and the good records come through unchanged."""
+
+import json
+
+from pipeline.curation.steps import curation_steps, read_sources, run_steps
+from pipeline.recipe import DataRecipe, SourceSpec
+
+GOOD = [
+    {"instruction": "Summarise this package.", "input": "A tool that renders maps from tiles in the terminal.",
+     "output": "terminal map renderer"},
+    {"conversations": [{"from": "human", "value": "What does libfoo-dev contain?"},
+                       {"from": "gpt", "value": "The headers and static library of libfoo."}]},
+    {"messages": [{"role": "system", "content": "You are terse."},
+                  {"role": "user", "content": "Name the package that provides the ls command."},
+                  {"role": "assistant", "content": "coreutils"},
+                  {"role": "user", "content": "And the one that provides grep?"},
+                  {"role": "assistant", "content": "grep"}]},
+]
+BAD = [  # (raw line bytes, expected reason)
+    (b'{"instruction": "unterminated', "invalid_json"),
+    (b'{"instruction": "caf\xe9", "output": "x"}', "invalid_utf8"),
+    (b'[1, 2, 3]', "not_an_object"),
+    (b'{"instruction": 42, "output": "x"}', "wrong_type"),
+    (b'{"messages": "not a list"}', "wrong_type"),
+    (b'{"messages": [{"role": "user", "content": "only a question"}]}', "missing_turn"),
+    (b'{"instruction": "Summarise", "output": "   "}', "empty_assistant"),
+    (b'{"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]}', "role_order"),
+    (b'{"conversations": [{"from": "alien", "value": "hi"}, {"from": "gpt", "value": "yo"}]}', "unknown_role"),
+    (b'{"text": "no known shape"}', "unknown_format"),
+    (json.dumps({"instruction": "x" * 30_000, "output": "too long"}).encode(), "oversize"),
+    (json.dumps({"instruction": "y" * (2 << 20), "output": "huge line"}).encode(), "oversize"),
+    (b'{"prompt": "Summarise zlib", "chosen": "compression library"}', "missing_turn"),
+    (b'{"prompt": "Summarise zlib", "chosen": "compression library", "rejected": ""}', "rejected_empty_assistant"),
+]
+PAIR = {"prompt": "Summarise the package that ships the bash shell.", "chosen": "GNU Bourne Again SHell",
+        "rejected": "a text editor"}
+
+
+def test_hostile_file_is_quarantined_line_by_line_and_good_records_pass_unchanged(tmp_path):
+    path = tmp_path / "hostile.jsonl"
+    lines = [json.dumps(g).encode() for g in GOOD[:2]] + [raw for raw, _ in BAD] + [json.dumps(GOOD[2]).encode(), json.dumps(PAIR).encode()]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    recipe = DataRecipe(sources=[SourceSpec(path=str(path))], max_chars=20_000)
+
+    read = read_sources(recipe)
+    kept, reports = run_steps(read.records, curation_steps(recipe))
+
+    assert [(q["line"], q["reason"]) for q in read.quarantined] == [(3 + i, reason) for i, (_, reason) in enumerate(BAD)]
+    assert all(q["file"] == "hostile.jsonl" and q["detail"] for q in read.quarantined)
+    assert read.lines_read == len(read.records) + len(read.quarantined)
+    assert all(r.balanced() for r in reports)
+    assert [r["origin"]["format"] for r in kept] == ["alpaca", "sharegpt", "chatml", "preference"]
+    assert kept[3]["messages"][-1]["content"] == PAIR["chosen"]
+    assert kept[3]["meta"]["rejected"][-1] == {"role": "assistant", "content": PAIR["rejected"]}
+    assert kept[0]["messages"] == [{"role": "user", "content": GOOD[0]["instruction"] + "\n\n" + GOOD[0]["input"]},
+                                   {"role": "assistant", "content": GOOD[0]["output"]}]
+    assert kept[1]["messages"] == [{"role": "user", "content": "What does libfoo-dev contain?"},
+                                   {"role": "assistant", "content": "The headers and static library of libfoo."}]
+    assert kept[2]["messages"] == GOOD[2]["messages"]
+
+
+def test_the_ui_books_balance_from_raw_lines_to_kept_records(tmp_path, tiny_model_dir):
+    import dagster as dg
+
+    from assets.curation import deduped_examples
+    from assets.model import base_model
+    from assets.sources import seed_examples
+    from pipeline.recipe import Recipe
+    from resources import Bucket, BucketJsonIOManager, RecipeResource
+
+    path = tmp_path / "hostile.jsonl"
+    path.write_bytes(b"\n".join([json.dumps(g).encode() for g in GOOD * 2] + [raw for raw, _ in BAD]) + b"\n")
+    recipe = Recipe(data=DataRecipe(sources=[SourceSpec(path=str(path))], max_quarantine_share=1.0, golden_path=None),
+                    base_model={"path": str(tiny_model_dir), "name": "tiny-llama"})
+    bucket = Bucket(root=str(tmp_path / "store"))
+    result = dg.materialize([seed_examples, base_model, deduped_examples], instance=dg.DagsterInstance.ephemeral(),
+                            resources={"recipe": RecipeResource.of(recipe), "bucket": bucket,
+                                       "io_manager": BucketJsonIOManager(bucket=bucket)})
+    rows = [r.data for r in result.asset_materializations_for_node("deduped_examples")[0].metadata["steps"].value.records]
+    for row in rows:
+        assert row["in"] == row["kept"] + row["quarantined"] + row["dropped"], row
+    assert "token_length_filter" in [row["step"] for row in rows]
+    total = rows[-1]
+    assert (total["step"], total["in"], total["quarantined"], total["kept"]) == ("total", 6 + len(BAD), len(BAD), 3)
