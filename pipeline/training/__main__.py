@@ -51,17 +51,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--spec", required=True, type=Path, help="JSON file with a TrainingSpec")
     args = parser.parse_args(argv)
     spec = TrainingSpec.model_validate_json(args.spec.read_text())
+    # under torchrun every rank runs this; only rank 0 talks to Dagster and MLflow, so each line is reported once
+    rank_zero = int(os.environ.get("RANK", "0")) == 0
 
     from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
 
+    from pipeline.training.methods import check_method_runs_here
+
     with ExitStack() as stack:
-        pipes = stack.enter_context(open_dagster_pipes()) if PipesEnvVarParamsLoader().is_dagster_pipes_process() else None
+        is_pipes = rank_zero and PipesEnvVarParamsLoader().is_dagster_pipes_process()
+        pipes = stack.enter_context(open_dagster_pipes()) if is_pipes else None
+        check_method_runs_here(spec.training)  # e.g. QLoRA without a GPU: fail before loading anything
         log = pipes.log if pipes else logging.getLogger("pipeline.training")
         if not pipes:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
         mlflow = None
-        if spec.mlflow:
+        if spec.mlflow and rank_zero:
             import mlflow
 
             mlflow.set_tracking_uri(spec.mlflow.tracking_uri)
@@ -70,6 +76,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             mlflow.log_params(_flatten("training", spec.training.model_dump()))
 
         def report(message: str, metrics: dict[str, Any]) -> None:
+            if not rank_zero:
+                return
             log.info(message)
             if mlflow and metrics:
                 step = int(metrics.get("step", 0))
@@ -82,6 +90,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result["mlflow_run_id"] = run.info.run_id
             if result["train_loss"] is not None:
                 mlflow.log_metric("train_loss_final", result["train_loss"])
+        if not rank_zero:
+            return result
         Path(spec.output_dir, "result.json").write_text(json.dumps(result, indent=2))
         if pipes:
             pipes.report_custom_message(result)

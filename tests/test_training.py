@@ -1,0 +1,166 @@
+"""The training workload on the tiny model: methods, checkpoints, crash and resume, merge, monitoring."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.paths import PROJECT_ROOT
+from pipeline.recipe import TrainingRecipe
+from pipeline.training.checkpoints import COMPLETE_MARKER, latest_complete, write_marker
+from pipeline.training.methods import MethodUnavailable
+from pipeline.training.monitoring import loss_curve_png
+from pipeline.training.sft import train_sft
+from tests.conftest import tiny_recipe
+
+TRAIN = PROJECT_ROOT / "data/sample/chatml.jsonl"
+
+
+def canonical_train_file(folder: Path, limit: int = 64) -> Path:
+    """The first `limit` well-formed chatml sample records, as the training stage receives them."""
+    rows = []
+    for line in TRAIN.read_text().splitlines():
+        try:
+            messages = json.loads(line)["messages"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if isinstance(messages, list) and len(messages) >= 2:
+            rows.append({"messages": messages})
+    path = folder / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:limit]))
+    return path
+
+
+def training(model_dir: Path, **values) -> TrainingRecipe:
+    return tiny_recipe(model_dir, training=values).training
+
+
+def fake_checkpoint(root: Path, step: int, *, marker: bool = True, state: bool = True) -> Path:
+    folder = root / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    (folder / "adapter_model.safetensors").write_bytes(b"x")
+    if state:
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    if marker:
+        write_marker(folder, step)
+    return folder
+
+
+def test_latest_complete_checkpoint_skips_half_written_ones(tmp_path):
+    fake_checkpoint(tmp_path, 4)
+    fake_checkpoint(tmp_path, 6)
+    fake_checkpoint(tmp_path, 8, marker=False)  # killed before the Trainer finished writing it
+    fake_checkpoint(tmp_path, 10, state=False)
+    (fake_checkpoint(tmp_path, 12) / ".partial").touch()
+    fake_checkpoint(tmp_path, 14).rename(tmp_path / "checkpoint-14.partial")
+    assert latest_complete(tmp_path) == tmp_path / "checkpoint-6"
+
+
+def test_no_checkpoint_means_a_fresh_start(tmp_path):
+    assert latest_complete(tmp_path / "missing") is None
+    fake_checkpoint(tmp_path, 2, marker=False)
+    assert latest_complete(tmp_path) is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error path is for machines without a GPU")
+def test_qlora_without_a_gpu_fails_before_loading_anything(tmp_path):
+    recipe = TrainingRecipe(method="qlora")
+    # the base path does not exist: reaching the loader would raise a different error
+    with pytest.raises(MethodUnavailable, match="qlora needs a CUDA GPU"):
+        train_sft(tmp_path / "train.jsonl", tmp_path / "no-such-base", tmp_path / "out", recipe, lambda m, x: None)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error path is for machines without a GPU")
+def test_qlora_spec_fails_in_the_workload_with_the_reason(tmp_path):
+    spec = {"train_path": str(tmp_path / "t.jsonl"), "base_path": str(tmp_path / "b"), "output_dir": str(tmp_path / "o"),
+            "training": {"method": "qlora"}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    done = subprocess.run([sys.executable, "-m", "pipeline.training", "--spec", str(tmp_path / "spec.json")],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "MethodUnavailable" in done.stderr and "qlora needs a CUDA GPU" in done.stderr
+
+
+def test_killed_run_resumes_from_its_latest_checkpoint_and_ends_at_the_same_step(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    max_steps = 120
+    spec = {"train_path": str(canonical_train_file(tmp_path)), "base_path": str(tiny_model_dir), "output_dir": str(out),
+            "training": training(tiny_model_dir, max_steps=max_steps, save_steps=4, save_total_limit=2,
+                                 logging_steps=4, max_length=128, merge_adapter=False).model_dump()}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    command = [sys.executable, "-m", "pipeline.training", "--spec", str(tmp_path / "spec.json")]
+
+    first = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while latest_complete(out / "checkpoints") is None and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert first.returncode == -signal.SIGKILL, "the first attempt finished before it could be killed"
+    killed_at = latest_complete(out / "checkpoints")
+    assert killed_at is not None and not (out / "result.json").exists()
+
+    second = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    resumed = [line for line in second.stderr.splitlines() if "resuming from checkpoint-" in line]
+    assert resumed, second.stderr[-3000:]
+    step = int(resumed[0].split("resuming from checkpoint-")[1].split()[0])
+    assert 0 < step < max_steps and step >= int(killed_at.name.split("-")[1])
+    result = json.loads((out / "result.json").read_text())
+    assert result["global_step"] == max_steps
+    assert result["resumed_from"] == f"checkpoint-{step}"
+    assert len([p for p in (out / "checkpoints").iterdir() if p.name.startswith("checkpoint-")]) <= 2
+
+
+def test_lora_with_dora_saves_an_adapter_and_a_merged_model(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    recipe = training(tiny_model_dir, max_steps=2, lora={"use_dora": True})
+    reports = []
+    result = train_sft(canonical_train_file(tmp_path, 16), tiny_model_dir, tmp_path / "out", recipe,
+                       lambda m, x: reports.append((m, x)))
+    adapter_config = json.loads(Path(result.adapter_path, "adapter_config.json").read_text())
+    assert adapter_config["use_dora"] is True
+    assert result.weights_sha256 == result.adapter_sha256
+    merged = AutoModelForCausalLM.from_pretrained(result.model_path)
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    assert list(Path(result.model_path).glob("*.safetensors"))
+    metrics = [x for _, x in reports if "loss" in x]
+    assert metrics and {"learning_rate", "grad_norm", "tokens_per_second", "peak_memory_mb"} <= set(metrics[-1])
+    assert any(m.startswith("step 2/2") for m, _ in reports)
+
+
+def test_full_fine_tuning_saves_the_whole_model(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    recipe = training(tiny_model_dir, method="full", max_steps=2)
+    result = train_sft(canonical_train_file(tmp_path, 16), tiny_model_dir, tmp_path / "out", recipe, lambda m, x: None)
+    assert result.adapter_path is None and result.weights_sha256 == result.model_sha256
+    trained = load_file(Path(result.model_path, "model.safetensors"))
+    base = load_file(tiny_model_dir / "model.safetensors")
+    assert set(trained) == set(base)
+    assert any(not torch.equal(trained[k], base[k]) for k in base)
+
+
+def test_eval_slice_reports_eval_loss_and_early_stopping_stops(tiny_model_dir, tmp_path):
+    # a learning rate this high makes eval loss climb, so patience 1 stops long before max_steps
+    recipe = training(tiny_model_dir, max_steps=40, eval_examples=8, eval_steps=2, early_stopping_patience=1,
+                      learning_rate=0.5, merge_adapter=False)
+    result = train_sft(canonical_train_file(tmp_path, 40), tiny_model_dir, tmp_path / "out", recipe, lambda m, x: None)
+    evals = [h for h in result.log_history if "eval_loss" in h]
+    assert len(evals) >= 2 and result.global_step < 40
+    assert loss_curve_png(result.log_history).startswith(b"\x89PNG")
+
+
+def test_resume_marker_is_written_after_each_save(tiny_model_dir, tmp_path):
+    recipe = training(tiny_model_dir, max_steps=4, save_steps=2, merge_adapter=False)
+    train_sft(canonical_train_file(tmp_path, 16), tiny_model_dir, tmp_path / "out", recipe, lambda m, x: None)
+    checkpoints = sorted((tmp_path / "out/checkpoints").glob("checkpoint-*"))
+    assert [p.name for p in checkpoints] == ["checkpoint-2", "checkpoint-4"]
+    assert all((p / COMPLETE_MARKER).exists() for p in checkpoints)
