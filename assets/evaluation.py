@@ -13,8 +13,8 @@ from resources import ModelRegistry, RecipeResource
 from resources.mlflow_registry import CHAMPION
 
 
-def _champion_adapter(context, registry: ModelRegistry, model_name: str, base_sha: str) -> Path | None:
-    """The current champion's adapter, if there is one trained on the same base weights."""
+def _champion_weights(context, registry: ModelRegistry, model_name: str, base_sha: str) -> Path | None:
+    """The current champion's adapter or full model, if there is one trained on the same base weights."""
     champion = registry.version_by_alias(model_name, CHAMPION)
     if champion is None:
         return None
@@ -39,9 +39,10 @@ def eval_report(
     registry: ModelRegistry,
 ) -> dg.Output[dict]:
     settings = recipe.load()
-    champion = _champion_adapter(context, registry, settings.registry.model_name, base_model["sha256"])
-    report = evaluate(Path(base_model["path"]), Path(sft_checkpoint["adapter_path"]), heldout_split,
-                      settings.evaluation, champion)
+    champion = _champion_weights(context, registry, settings.registry.model_name, base_model["sha256"])
+    # the candidate is what training produced: an adapter over the base, or a full model
+    candidate = Path(sft_checkpoint["adapter_path"] or sft_checkpoint["model_path"])
+    report = evaluate(Path(base_model["path"]), candidate, heldout_split, settings.evaluation, champion)
     report["heldout_split_version"] = dataset_version(heldout_split)
     report["failures"] = gate_failures(report, settings.gate)
     models = report["models"]

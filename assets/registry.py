@@ -24,7 +24,8 @@ def _latest_data_version(context: dg.AssetExecutionContext, asset: str) -> str:
 @dg.asset(
     group_name="registry",
     kinds={"mlflow"},
-    description="A new MLflow model version of the adapter (and tokenizer) with lineage tags: base and hash, "
+    description="A new MLflow model version of the adapter (with the merged model next to it) or of the full "
+    "fine-tuned model, with its tokenizer and lineage tags: base and hash, "
     "data versions, recipe, code version, Dagster run, eval scores. Alias `challenger` always; `champion` when it "
     "beats the current champion on the same held-out examples. Runs only when the blocking gate checks pass.",
 )
@@ -54,7 +55,10 @@ def registry_entry(
         "dagster.run_id": context.run_id,
         "dagster.job": context.job_name,
         "mlflow.run_id": sft_checkpoint.get("mlflow_run_id", ""),
-        "adapter.sha256": sft_checkpoint["adapter_sha256"],
+        "training.method": sft_checkpoint["method"],
+        "adapter.sha256": sft_checkpoint["adapter_sha256"] or "",
+        "model.sha256": sft_checkpoint["model_sha256"] or "",
+        "weights.sha256": sft_checkpoint["weights_sha256"],
         "eval.base_rouge_l": str(models["base"]["rouge_l"]),
         "eval.candidate_rouge_l": str(models["candidate"]["rouge_l"]),
         "eval.rouge_l_gain": str(eval_report["rouge_l_gain_vs_base"]),
@@ -64,8 +68,14 @@ def registry_entry(
         "eval.examples": str(eval_report["examples"]),
     }
     name = settings.registry.model_name
-    version = registry.register(name, sft_checkpoint["mlflow_run_id"], Path(sft_checkpoint["adapter_path"]), tags,
-                                description=f"{settings.name} on {base_model['name']}, Dagster run {context.run_id}")
+    description = f"{settings.name} on {base_model['name']}, Dagster run {context.run_id}"
+    if sft_checkpoint["adapter_path"]:
+        merged = {"merged": Path(sft_checkpoint["model_path"])} if sft_checkpoint["model_path"] else {}
+        version = registry.register(name, sft_checkpoint["mlflow_run_id"], Path(sft_checkpoint["adapter_path"]), tags,
+                                    description=description, extra_dirs=merged)
+    else:  # full fine-tuning: the version is the whole model
+        version = registry.register(name, sft_checkpoint["mlflow_run_id"], Path(sft_checkpoint["model_path"]), tags,
+                                    description=description, artifact_path="model")
     registry.set_run_tags(sft_checkpoint["mlflow_run_id"], {"registered_version": version})
     registry.set_alias(name, CHALLENGER, version)
     aliases = [CHALLENGER]

@@ -164,3 +164,15 @@ def test_resume_marker_is_written_after_each_save(tiny_model_dir, tmp_path):
     checkpoints = sorted((tmp_path / "out/checkpoints").glob("checkpoint-*"))
     assert [p.name for p in checkpoints] == ["checkpoint-2", "checkpoint-4"]
     assert all((p / COMPLETE_MARKER).exists() for p in checkpoints)
+
+
+def test_evaluation_scores_a_fully_fine_tuned_model(tiny_model_dir, tmp_path):
+    from pipeline.evaluation.report import evaluate
+    from pipeline.recipe import EvaluationRecipe
+
+    recipe = training(tiny_model_dir, method="full", max_steps=2)
+    result = train_sft(canonical_train_file(tmp_path, 16), tiny_model_dir, tmp_path / "out", recipe, lambda m, x: None)
+    heldout = [{"id": str(i), "messages": json.loads(line)["messages"]}
+               for i, line in enumerate(canonical_train_file(tmp_path, 20).read_text().splitlines()[16:])]
+    report = evaluate(tiny_model_dir, Path(result.model_path), heldout, EvaluationRecipe(max_examples=4, max_new_tokens=3))
+    assert report["models"]["base"]["loss"] != report["models"]["candidate"]["loss"]
