@@ -95,6 +95,18 @@ class TrainingRecipe(_Section):
         "(configs in recipes/accelerate/).")
 
 
+class DpoRecipe(_Section):
+    enabled: bool = Field(False, description="Run DPO on preference pairs after SFT; when off, the SFT model is the candidate.")
+    preferences_path: str = Field("data/sample/preferences.jsonl", description="JSONL of prompt/chosen/rejected pairs with a "
+                                  "`source` family; families in the held-out split are dropped before training.")
+    beta: float = Field(0.1, gt=0, description="Strength of the pull towards the reference (the SFT model).")
+    learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate of the DPO stage.")
+    max_steps: int = Field(50, gt=0, description="DPO optimizer steps.")
+    batch_size: int = Field(4, gt=0, description="Preference pairs per device per step.")
+    max_length: int = Field(384, gt=16, description="Tokens per prompt + answer; longer pairs are truncated.")
+    logging_steps: int = Field(5, gt=0, description="Report metrics every this many steps.")
+
+
 class EvaluationRecipe(_Section):
     max_examples: int = Field(80, gt=0, description="Held-out examples scored per model.")
     max_new_tokens: int = Field(32, gt=0, description="Greedy decoding budget per answer.")
@@ -116,6 +128,7 @@ class Recipe(_Section):
     data: DataRecipe = Field(default_factory=DataRecipe)
     base_model: BaseModelRecipe = Field(default_factory=BaseModelRecipe)
     training: TrainingRecipe = Field(default_factory=TrainingRecipe)
+    dpo: DpoRecipe = Field(default_factory=DpoRecipe)
     evaluation: EvaluationRecipe = Field(default_factory=EvaluationRecipe)
     gate: GateRecipe = Field(default_factory=GateRecipe)
     registry: RegistryRecipe = Field(default_factory=RegistryRecipe)

@@ -176,3 +176,31 @@ def test_evaluation_scores_a_fully_fine_tuned_model(tiny_model_dir, tmp_path):
                for i, line in enumerate(canonical_train_file(tmp_path, 20).read_text().splitlines()[16:])]
     report = evaluate(tiny_model_dir, Path(result.model_path), heldout, EvaluationRecipe(max_examples=4, max_new_tokens=3))
     assert report["models"]["base"]["loss"] != report["models"]["candidate"]["loss"]
+
+
+def test_dpo_after_sft_lowers_the_dpo_loss(tiny_model_dir, tmp_path):
+    from pipeline.recipe import DpoRecipe
+    from pipeline.training.dpo import load_preferences, train_dpo
+
+    recipe = training(tiny_model_dir, max_steps=2, merge_adapter=False)
+    sft = train_sft(canonical_train_file(tmp_path, 16), tiny_model_dir, tmp_path / "sft", recipe, lambda m, x: None)
+    pairs = load_preferences(PROJECT_ROOT / "data/sample/preferences.jsonl")[:16]
+    dpo = DpoRecipe(enabled=True, beta=0.1, learning_rate=0.01, max_steps=12, batch_size=8, max_length=128, logging_steps=1)
+    result = train_dpo(pairs, tiny_model_dir, sft.to_dict(), tmp_path / "dpo", recipe, dpo, lambda m, x: None)
+    losses = [h["loss"] for h in result["log_history"] if "loss" in h]
+    # at the first step the policy is the reference (the SFT adapter), so the loss is ln 2
+    assert losses[0] == pytest.approx(0.6931, abs=1e-3)
+    assert sum(losses[-3:]) / 3 < losses[0] - 0.05
+    assert result["global_step"] == 12 and result["adapter_sha256"] != sft.adapter_sha256
+
+
+def test_preferences_of_held_out_families_are_dropped():
+    from pipeline.training.dpo import load_preferences
+
+    path = PROJECT_ROOT / "data/sample/preferences.jsonl"
+    families = {json.loads(line)["source"] for line in path.read_text().splitlines()}
+    held_out = set(sorted(families)[:5])
+    kept = load_preferences(path, exclude_groups=held_out)
+    everything = load_preferences(path)
+    dropped = sum(json.loads(line)["source"] in held_out for line in path.read_text().splitlines())
+    assert dropped > 0 and len(kept) == len(everything) - dropped
