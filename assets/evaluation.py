@@ -34,21 +34,22 @@ def eval_report(
     context: dg.AssetExecutionContext,
     heldout_split: list,
     base_model: dict,
-    sft_checkpoint: dict,
+    dpo_checkpoint: dict,
     recipe: RecipeResource,
     registry: ModelRegistry,
 ) -> dg.Output[dict]:
     settings = recipe.load()
+    candidate = dpo_checkpoint  # the final candidate: the DPO model, or the SFT model when DPO is off
     champion = _champion_weights(context, registry, settings.registry.model_name, base_model["sha256"])
-    # the candidate is what training produced: an adapter over the base, or a full model
-    candidate = Path(sft_checkpoint["adapter_path"] or sft_checkpoint["model_path"])
-    report = evaluate(Path(base_model["path"]), candidate, heldout_split, settings.evaluation, champion)
+    # an adapter over the base, or a full model
+    weights = Path(candidate["adapter_path"] or candidate["model_path"])
+    report = evaluate(Path(base_model["path"]), weights, heldout_split, settings.evaluation, champion)
     report["heldout_split_version"] = dataset_version(heldout_split)
     report["failures"] = gate_failures(report, settings.gate)
     models = report["models"]
     for name, scores in models.items():
         context.log.info(f"{name}: " + ", ".join(f"{k}={v}" for k, v in scores.items()))
-    run_id = sft_checkpoint.get("mlflow_run_id")
+    run_id = candidate.get("mlflow_run_id")
     if run_id:
         registry.log_metrics(run_id, {f"eval_{m}_{k}": v for m, s in models.items() for k, v in s.items()})
     metadata = {

@@ -50,7 +50,7 @@ def two_runs(tiny_model_dir, tmp_path_factory):
 def test_whole_graph_materializes_and_passes_its_checks(two_runs):
     _, _, first, _ = two_runs
     assert first.success
-    assert set(data_versions(first)) == set(DATA_ASSETS) | {"sft_checkpoint", "eval_report", "registry_entry"}
+    assert set(data_versions(first)) == set(DATA_ASSETS) | {"sft_checkpoint", "dpo_checkpoint", "eval_report", "registry_entry"}
     checks = {e.check_name: e.passed for e in first.get_asset_check_evaluations()}
     assert checks == {"candidate_beats_base": True, "no_train_heldout_overlap": True}
 
@@ -102,3 +102,28 @@ def test_gate_blocks_a_candidate_that_did_not_train(tiny_model_dir, tmp_path):
     assert "registry_entry" not in materialized
     registry = ModelRegistry(tracking_uri=f"sqlite:///{store}/mlflow.db")
     assert registry.version_by_alias(recipe.registry.model_name, "challenger") is None
+
+
+def test_dpo_enabled_makes_the_dpo_model_the_evaluated_and_registered_candidate(tiny_model_dir, tmp_path):
+    import json
+
+    store = tmp_path / "store"
+    recipe = tiny_recipe(tiny_model_dir, dpo={"enabled": True, "max_steps": 2, "batch_size": 4, "max_length": 128,
+                                              "learning_rate": 0.01, "logging_steps": 1})
+    result = run_graph(store, recipe, dg.DagsterInstance.ephemeral())
+    assert result.success
+    versions = data_versions(result)
+    assert versions["dpo_checkpoint"] != versions["sft_checkpoint"]
+    entry = result.output_for_node("registry_entry")
+    assert entry["tags"]["weights.sha256"] == versions["dpo_checkpoint"]
+    assert entry["tags"]["training.dpo"] == "done"
+    spec = json.loads(next(store.glob("runs/*/dpo/spec.json")).read_text())
+    heldout_groups = {r["group"] for r in result.output_for_node("heldout_split")}
+    assert set(spec["exclude_groups"]) == heldout_groups
+
+
+def test_dpo_disabled_passes_the_sft_model_through_marked_skipped(two_runs):
+    _, _, first, _ = two_runs
+    versions = data_versions(first)
+    assert versions["dpo_checkpoint"] == versions["sft_checkpoint"]
+    assert first.output_for_node("dpo_checkpoint")["dpo_skipped"] is True

@@ -204,3 +204,20 @@ def test_preferences_of_held_out_families_are_dropped():
     everything = load_preferences(path)
     dropped = sum(json.loads(line)["source"] in held_out for line in path.read_text().splitlines())
     assert dropped > 0 and len(kept) == len(everything) - dropped
+
+
+def test_several_gpus_run_under_torchrun_with_the_shipped_configs():
+    from pipeline.training.distributed import CONFIGS, launch_command, trainer_args
+
+    assert launch_command("py", "s.json", 1) == ["py", "-m", "pipeline.training", "--spec", "s.json"]
+    command = launch_command("py", "s.json", 4)
+    assert command[:3] == ["py", "-m", "torch.distributed.run"] and "--nproc-per-node=4" in command
+    assert command[-4:] == ["-m", "pipeline.training", "--spec", "s.json"]
+    assert trainer_args("none") == {}
+    assert json.loads(CONFIGS["zero2"].read_text())["zero_optimization"]["stage"] == 2
+    assert json.loads(CONFIGS["zero3"].read_text())["zero_optimization"]["stage"] == 3
+    assert trainer_args("zero3") == {"deepspeed": str(CONFIGS["zero3"])}
+    from trl import SFTConfig  # FSDP's config is accepted by the Trainer as shipped
+
+    config = SFTConfig(output_dir="unused", use_cpu=True, report_to=[], **trainer_args("fsdp"))
+    assert config.fsdp_config["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]

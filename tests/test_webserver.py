@@ -12,7 +12,7 @@ import requests
 from pipeline.paths import PROJECT_ROOT
 
 ASSETS = {"seed_examples", "deduped_examples", "train_split", "heldout_split", "base_model",
-          "sft_checkpoint", "eval_report", "registry_entry"}
+          "sft_checkpoint", "dpo_checkpoint", "eval_report", "registry_entry"}
 CHECKS = {"candidate_beats_base", "no_train_heldout_overlap"}
 QUERY = "{ assetNodes { assetKey { path } groupName assetChecksOrError { ... on AssetChecks { checks { name blocking } } } } }"
 

@@ -15,11 +15,11 @@ import logging
 import os
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from pipeline.recipe import TrainingRecipe
+from pipeline.recipe import DpoRecipe, TrainingRecipe
 
 
 class MlflowTarget(BaseModel):
@@ -30,10 +30,14 @@ class MlflowTarget(BaseModel):
 
 
 class TrainingSpec(BaseModel):
-    train_path: str
+    stage: Literal["sft", "dpo"] = "sft"
+    train_path: str  # sft: canonical chat records; dpo: preference pairs
     base_path: str
     output_dir: str
     training: TrainingRecipe
+    dpo: DpoRecipe | None = None  # dpo stage only
+    sft_result: dict[str, Any] | None = None  # dpo stage only: the SFT result it starts from
+    exclude_groups: list[str] = []  # dpo stage only: held-out families
     mlflow: MlflowTarget | None = None
 
 
@@ -83,15 +87,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 step = int(metrics.get("step", 0))
                 mlflow.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=step)
 
-        from pipeline.training.sft import train_sft
+        if spec.stage == "dpo":
+            from pipeline.training.dpo import load_preferences, train_dpo
 
-        result = train_sft(Path(spec.train_path), Path(spec.base_path), Path(spec.output_dir), spec.training, report).to_dict()
+            pairs = load_preferences(Path(spec.train_path), set(spec.exclude_groups))
+            result = train_dpo(pairs, Path(spec.base_path), spec.sft_result, Path(spec.output_dir), spec.training,
+                               spec.dpo or DpoRecipe(), report)
+        else:
+            from pipeline.training.sft import train_sft
+
+            trained = train_sft(Path(spec.train_path), Path(spec.base_path), Path(spec.output_dir), spec.training, report)
+            result = trained.to_dict() if trained else {}
+        if not rank_zero:
+            return result
         if mlflow:
             result["mlflow_run_id"] = run.info.run_id
             if result["train_loss"] is not None:
                 mlflow.log_metric("train_loss_final", result["train_loss"])
-        if not rank_zero:
-            return result
         Path(spec.output_dir, "result.json").write_text(json.dumps(result, indent=2))
         if pipes:
             pipes.report_custom_message(result)

@@ -52,6 +52,7 @@ def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any],
 
     from pipeline.models.base_model import file_sha256, weights_sha256
     from pipeline.training.checkpoints import latest_complete, marker_callback
+    from pipeline.training.distributed import trainer_args
     from pipeline.training.methods import check_method_runs_here
     from pipeline.training.sft import _device_flags, merge_adapter
 
@@ -80,6 +81,7 @@ def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any],
         dataloader_num_workers=0,
         disable_tqdm=True,
         **_device_flags(),
+        **trainer_args(training.distributed),
     )
     trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer,
                          callbacks=[reporting_callback(reporter), marker_callback()])
@@ -91,6 +93,8 @@ def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any],
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     runtime = time.monotonic() - started
 
+    if not trainer.is_world_process_zero():  # rank 0 saves and reports (ZeRO-3/FSDP gathering for DPO: untested)
+        return {}
     adapter_dir = model_dir = None
     if sft["adapter_path"]:
         adapter_dir = output_dir / "adapter"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.recipe import TrainingRecipe
+from pipeline.training.distributed import trainer_args
 from pipeline.training.checkpoints import latest_complete, marker_callback
 from pipeline.training.methods import check_method_runs_here, load_base, peft_config
 from pipeline.training.monitoring import Reporter, early_stopping_callback, peak_memory_mb, reporting_callback
@@ -78,9 +79,9 @@ def merge_adapter(base_path: Path, adapter_dir: Path, target: Path) -> Path:
     return target
 
 
-def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: TrainingRecipe, reporter: Reporter) -> TrainingResult:
+def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: TrainingRecipe, reporter: Reporter) -> TrainingResult | None:
     """Fine-tune on `train_path` (canonical JSONL) with the recipe's method; resume from the latest complete
-    checkpoint under `output_dir/checkpoints` when a previous attempt left one."""
+    checkpoint under `output_dir/checkpoints` when a previous attempt left one. Returns None on ranks other than 0."""
     from datasets import Dataset
     from transformers import AutoTokenizer, PrinterCallback, set_seed
     from trl import SFTConfig, SFTTrainer
@@ -127,6 +128,7 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
         dataloader_num_workers=0,
         disable_tqdm=True,
         **_device_flags(),
+        **trainer_args(recipe.distributed),
     )
     callbacks = [reporting_callback(reporter), marker_callback()]
     if evaluating and recipe.early_stopping_patience:
@@ -154,12 +156,14 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
         reporter(f"saved full model to {model_dir}", {})
     else:
         adapter_dir = output_dir / "adapter"
-        trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
+        trainer.save_model(str(adapter_dir))  # the Trainer gathers sharded (ZeRO-3/FSDP) weights and writes on rank 0
         tokenizer.save_pretrained(adapter_dir)
         reporter(f"saved adapter to {adapter_dir}", {})
-        if recipe.merge_adapter:
+        if recipe.merge_adapter and trainer.is_world_process_zero():
             model_dir = merge_adapter(base_path, adapter_dir, output_dir / "merged")
             reporter(f"saved merged model to {model_dir}", {})
+    if not trainer.is_world_process_zero():  # other ranks are done; rank 0 hashes and reports
+        return None
     adapter_sha = file_sha256(adapter_dir / "adapter_model.safetensors") if adapter_dir else None
     model_sha = weights_sha256(model_dir) if model_dir else None
     return TrainingResult(
