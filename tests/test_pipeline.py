@@ -118,7 +118,7 @@ def test_dpo_enabled_makes_the_dpo_model_the_evaluated_and_registered_candidate(
     assert entry["tags"]["weights.sha256"] == versions["dpo_checkpoint"]
     assert entry["tags"]["training.dpo"] == "done"
     spec = json.loads(next(store.glob("runs/*/dpo/spec.json")).read_text())
-    heldout_groups = {r["group"] for r in result.output_for_node("heldout_split")}
+    heldout_groups = {r["group"] for r in result.asset_value("heldout_split")}
     assert set(spec["exclude_groups"]) == heldout_groups
 
 
