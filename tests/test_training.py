@@ -221,3 +221,16 @@ def test_several_gpus_run_under_torchrun_with_the_shipped_configs():
 
     config = SFTConfig(output_dir="unused", use_cpu=True, report_to=[], **trainer_args("fsdp"))
     assert config.fsdp_config["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]
+
+
+def test_dpo_after_full_fine_tuning_trains_the_full_model(tiny_model_dir, tmp_path):
+    from pipeline.recipe import DpoRecipe
+    from pipeline.training.dpo import load_preferences, train_dpo
+
+    recipe = training(tiny_model_dir, method="full", max_steps=1)
+    sft = train_sft(canonical_train_file(tmp_path, 8), tiny_model_dir, tmp_path / "sft", recipe, lambda m, x: None)
+    pairs = load_preferences(PROJECT_ROOT / "data/sample/preferences.jsonl")[:8]
+    dpo = DpoRecipe(enabled=True, max_steps=2, batch_size=4, max_length=128, learning_rate=0.01, logging_steps=1)
+    result = train_dpo(pairs, tiny_model_dir, sft.to_dict(), tmp_path / "dpo", recipe, dpo, lambda m, x: None)
+    assert result["adapter_path"] is None and result["global_step"] == 2
+    assert result["model_sha256"] != sft.model_sha256
