@@ -127,3 +127,50 @@ def test_dpo_disabled_passes_the_sft_model_through_marked_skipped(two_runs):
     versions = data_versions(first)
     assert versions["dpo_checkpoint"] == versions["sft_checkpoint"]
     assert first.output_for_node("dpo_checkpoint")["dpo_skipped"] is True
+
+
+class LaunchKilledOnce(TrainingLauncher):
+    """The first SFT attempt dies after its first complete checkpoint (a killed process, a lost pod); later ones run."""
+
+    def launch(self, context, spec, workdir):
+        import json
+        import signal
+        import subprocess
+        import sys
+        import time
+
+        from pipeline.training.checkpoints import latest_complete
+
+        if spec.get("stage", "sft") != "sft" or (workdir / "killed-once").exists():
+            return super().launch(context, spec, workdir)
+        (workdir / "spec.json").write_text(json.dumps(spec))
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.training", "--spec", str(workdir / "spec.json")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 240
+        while latest_complete(workdir / "checkpoints") is None and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        (workdir / "killed-once").touch()
+        raise dg.Failure("training process killed")
+
+
+def test_retried_sft_asset_resumes_from_the_killed_attempts_checkpoint(tiny_model_dir, tmp_path):
+    store = tmp_path / "store"
+    recipe = tiny_recipe(tiny_model_dir, training={"max_steps": 60, "save_steps": 3, "max_length": 128,
+                                                   "merge_adapter": False})
+    bucket = Bucket(root=str(store))
+    defs = dg.Definitions(
+        assets=all_assets, asset_checks=all_checks, jobs=[finetune_job],
+        resources={"bucket": bucket, "io_manager": BucketJsonIOManager(bucket=bucket), "recipe": RecipeResource.of(recipe),
+                   "registry": ModelRegistry(tracking_uri=f"sqlite:///{store}/mlflow.db", artifact_root=f"{store}/mlartifacts"),
+                   "launcher": LaunchKilledOnce()},
+    )
+    result = defs.resolve_job_def("finetune").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
+        asset_selection=[dg.AssetKey(k) for k in DATA_ASSETS + ["sft_checkpoint"]])
+    assert result.success
+    sft = result.asset_value("sft_checkpoint")
+    assert sft["resumed_from"] and sft["resumed_from"].startswith("checkpoint-")
+    assert sft["global_step"] == 60
+    assert (store / "runs" / result.run_id / "sft" / "killed-once").exists()
