@@ -89,6 +89,8 @@ def sft_checkpoint(
                      "recipe.fingerprint": settings.fingerprint()},
         },
     }
+    if bucket.is_remote:  # checkpoints mirrored to the store, so a retry on another machine resumes
+        spec["checkpoint_uri"] = bucket.uri(f"runs/{context.run_id}/sft/checkpoints")
     result = launcher.launch(context, spec, workdir)
     if bucket.is_remote:
         for key in ("adapter_path", "model_path"):
@@ -141,6 +143,8 @@ def dpo_checkpoint(
                      "recipe.fingerprint": settings.fingerprint()},
         },
     }
+    if bucket.is_remote:  # checkpoints mirrored to the store, so a retry on another machine resumes
+        spec["checkpoint_uri"] = bucket.uri(f"runs/{context.run_id}/dpo/checkpoints")
     result = launcher.launch(context, spec, workdir)
     if bucket.is_remote:
         for key in ("adapter_path", "model_path"):

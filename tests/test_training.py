@@ -234,3 +234,45 @@ def test_dpo_after_full_fine_tuning_trains_the_full_model(tiny_model_dir, tmp_pa
     result = train_dpo(pairs, tiny_model_dir, sft.to_dict(), tmp_path / "dpo", recipe, dpo, lambda m, x: None)
     assert result["adapter_path"] is None and result["global_step"] == 2
     assert result["model_sha256"] != sft.model_sha256
+
+
+def test_checkpoints_mirrored_to_s3_restore_on_a_fresh_machine_without_half_uploads(tmp_path, monkeypatch):
+    import boto3
+    from moto import mock_aws
+
+    from pipeline.training.checkpoint_mirror import prune_remote, remote_checkpoints, restore_latest, upload_checkpoint
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    uri = "s3://models/runs/r1/sft/checkpoints"
+    with mock_aws():
+        boto3.client("s3").create_bucket(Bucket="models")
+        for step in (2, 4):
+            upload_checkpoint(fake_checkpoint(tmp_path / "pod-a", step), uri)
+        half = fake_checkpoint(tmp_path / "pod-a", 6)  # the pod died mid-upload: everything but the marker
+        boto3.client("s3").upload_file(str(half / "trainer_state.json"), "models", "runs/r1/sft/checkpoints/checkpoint-6/trainer_state.json")
+        restored = restore_latest(uri, tmp_path / "pod-b")
+        assert restored == tmp_path / "pod-b/checkpoint-4"
+        assert latest_complete(tmp_path / "pod-b") == restored
+        prune_remote(uri, keep={"checkpoint-4"})
+        assert set(remote_checkpoints(uri)) == {"checkpoint-4"}
+
+
+def test_training_with_a_checkpoint_uri_resumes_on_a_fresh_disk(tiny_model_dir, tmp_path, monkeypatch):
+    import boto3
+    from moto import mock_aws
+
+    from pipeline.training.checkpoint_mirror import remote_checkpoints
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    uri = "s3://models/runs/r2/sft/checkpoints"
+    train = canonical_train_file(tmp_path, 16)
+    with mock_aws():
+        boto3.client("s3").create_bucket(Bucket="models")
+        first = training(tiny_model_dir, max_steps=4, save_steps=2, merge_adapter=False)
+        train_sft(train, tiny_model_dir, tmp_path / "pod-a", first, lambda m, x: None, checkpoint_uri=uri)
+        assert set(remote_checkpoints(uri)) == {"checkpoint-2", "checkpoint-4"}
+        reports = []
+        again = train_sft(train, tiny_model_dir, tmp_path / "pod-b", training(tiny_model_dir, max_steps=6, save_steps=2,
+                          merge_adapter=False), lambda m, x: reports.append(m), checkpoint_uri=uri)
+    assert again.resumed_from == "checkpoint-4" and again.global_step == 6
+    assert any(m.startswith("resuming from checkpoint-4") for m in reports)

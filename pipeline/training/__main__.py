@@ -38,6 +38,7 @@ class TrainingSpec(BaseModel):
     dpo: DpoRecipe | None = None  # dpo stage only
     sft_result: dict[str, Any] | None = None  # dpo stage only: the SFT result it starts from
     exclude_groups: list[str] = []  # dpo stage only: held-out families
+    checkpoint_uri: str | None = None  # s3:// prefix that mirrors the checkpoints, so another machine can resume
     mlflow: MlflowTarget | None = None
 
 
@@ -92,11 +93,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
             pairs = load_preferences(Path(spec.train_path), set(spec.exclude_groups))
             result = train_dpo(pairs, Path(spec.base_path), spec.sft_result, Path(spec.output_dir), spec.training,
-                               spec.dpo or DpoRecipe(), report)
+                               spec.dpo or DpoRecipe(), report, spec.checkpoint_uri)
         else:
             from pipeline.training.sft import train_sft
 
-            trained = train_sft(Path(spec.train_path), Path(spec.base_path), Path(spec.output_dir), spec.training, report)
+            trained = train_sft(Path(spec.train_path), Path(spec.base_path), Path(spec.output_dir), spec.training, report,
+                                spec.checkpoint_uri)
             result = trained.to_dict() if trained else {}
         if not rank_zero:
             return result

@@ -44,13 +44,15 @@ def _policy(base_path: Path, sft: dict[str, Any], training: TrainingRecipe):
 
 
 def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any], output_dir: Path,
-              training: TrainingRecipe, recipe: DpoRecipe, reporter: Reporter) -> dict[str, Any]:
+              training: TrainingRecipe, recipe: DpoRecipe, reporter: Reporter,
+              checkpoint_uri: str | None = None) -> dict[str, Any]:
     """Train DPO from the SFT result `sft` (its adapter_path or model_path); save under `output_dir`."""
     from datasets import Dataset
     from transformers import AutoTokenizer, PrinterCallback, set_seed
     from trl import DPOConfig, DPOTrainer
 
     from pipeline.models.base_model import file_sha256, weights_sha256
+    from pipeline.training.checkpoint_mirror import mirror_callback, restore_latest
     from pipeline.training.checkpoints import latest_complete, marker_callback
     from pipeline.training.distributed import trainer_args
     from pipeline.training.methods import check_method_runs_here
@@ -84,8 +86,11 @@ def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any],
         **trainer_args(training.distributed),
     )
     trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer,
-                         callbacks=[reporting_callback(reporter), marker_callback()])
+                         callbacks=[reporting_callback(reporter), marker_callback()]
+                         + ([mirror_callback(checkpoint_uri)] if checkpoint_uri else []))
     trainer.remove_callback(PrinterCallback)
+    if checkpoint_uri:
+        restore_latest(checkpoint_uri, checkpoint_dir)
     resume = latest_complete(checkpoint_dir)
     if resume is not None:
         reporter(f"resuming from {resume.name} (a previous attempt's latest complete checkpoint)", {})

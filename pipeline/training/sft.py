@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.recipe import TrainingRecipe
+from pipeline.training.checkpoint_mirror import mirror_callback, restore_latest
 from pipeline.training.distributed import trainer_args
 from pipeline.training.checkpoints import latest_complete, marker_callback
 from pipeline.training.methods import check_method_runs_here, load_base, peft_config
@@ -79,9 +80,10 @@ def merge_adapter(base_path: Path, adapter_dir: Path, target: Path) -> Path:
     return target
 
 
-def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: TrainingRecipe, reporter: Reporter) -> TrainingResult | None:
+def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: TrainingRecipe, reporter: Reporter,
+              checkpoint_uri: str | None = None) -> TrainingResult | None:
     """Fine-tune on `train_path` (canonical JSONL) with the recipe's method; resume from the latest complete
-    checkpoint under `output_dir/checkpoints` when a previous attempt left one. Returns None on ranks other than 0."""
+    checkpoint under `output_dir/checkpoints` (or mirrored at `checkpoint_uri`, s3://) when a previous attempt left one. Returns None on ranks other than 0."""
     from datasets import Dataset
     from transformers import AutoTokenizer, PrinterCallback, set_seed
     from trl import SFTConfig, SFTTrainer
@@ -130,7 +132,9 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
         **_device_flags(),
         **trainer_args(recipe.distributed),
     )
-    callbacks = [reporting_callback(reporter), marker_callback()]
+    callbacks = [reporting_callback(reporter), marker_callback()]  # the marker first: the mirror uploads marked ones
+    if checkpoint_uri:
+        callbacks.append(mirror_callback(checkpoint_uri))
     if evaluating and recipe.early_stopping_patience:
         callbacks.append(early_stopping_callback(recipe.early_stopping_patience))
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(train_rows),
@@ -138,6 +142,8 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
                          processing_class=tokenizer, peft_config=peft_config(recipe), callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # progress goes through the reporter, not raw dicts on stdout
 
+    if checkpoint_uri:
+        restore_latest(checkpoint_uri, checkpoint_dir)
     resume = latest_complete(checkpoint_dir)
     if resume is not None:
         reporter(f"resuming from {resume.name} (a previous attempt's latest complete checkpoint)", {})
