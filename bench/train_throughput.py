@@ -115,8 +115,8 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny config on CPU, to check the script in seconds")
     parser.add_argument("--method", choices=["lora", "full"], default="lora")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per way (default 60; 6 with --tiny)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-length", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=None, help="rows per step (default 8; 2 with --tiny)")
+    parser.add_argument("--max-length", type=int, default=None, help="tokens per row (default 1024; 256 with --tiny)")
     parser.add_argument("--train", type=Path, default=PROJECT_ROOT / "data/sample/chatml.jsonl")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="device peak dense bf16 TFLOP/s (H100 SXM: 989)")
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the results")
@@ -124,6 +124,8 @@ def main() -> None:
 
     shape = TINY if args.tiny else ONE_B
     steps = args.steps or (6 if args.tiny else 60)
+    args.batch_size = args.batch_size or (2 if args.tiny else 8)
+    args.max_length = args.max_length or (256 if args.tiny else 1024)
     recipe = TrainingRecipe(method=args.method, max_steps=steps, batch_size=args.batch_size, max_length=args.max_length,
                             packing=True, logging_steps=10_000, save_steps=10_000, merge_adapter=False,
                             lora={"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"})

@@ -3,6 +3,7 @@ resumable checkpoints and an optional merged model."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from dataclasses import dataclass, field
@@ -53,7 +54,9 @@ def _device_flags() -> dict[str, Any]:
     import torch
 
     if torch.cuda.is_available():
-        return {"bf16": torch.cuda.is_bf16_supported(), "fp16": not torch.cuda.is_bf16_supported()}
+        # Liger's fused RMSNorm/RoPE/SwiGLU/cross-entropy kernels cut memory and time on a GPU, when installed
+        return {"bf16": torch.cuda.is_bf16_supported(), "fp16": not torch.cuda.is_bf16_supported(),
+                "use_liger_kernel": importlib.util.find_spec("liger_kernel") is not None}
     # bf16 autocast is ~1.5x faster on CPUs with native bf16 (AVX512-BF16, AMX) and slower elsewhere.
     return {"bf16": cpu_has_bf16(), "fp16": False, "use_cpu": True}
 
