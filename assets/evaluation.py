@@ -13,8 +13,8 @@ from resources import ModelRegistry, RecipeResource
 from resources.mlflow_registry import CHAMPION
 
 
-def _champion_adapter(context, registry: ModelRegistry, model_name: str, base_sha: str) -> Path | None:
-    """The current champion's adapter, if there is one trained on the same base weights."""
+def _champion_weights(context, registry: ModelRegistry, model_name: str, base_sha: str) -> Path | None:
+    """The current champion's adapter or full model, if there is one trained on the same base weights."""
     champion = registry.version_by_alias(model_name, CHAMPION)
     if champion is None:
         return None
@@ -34,20 +34,22 @@ def eval_report(
     context: dg.AssetExecutionContext,
     heldout_split: list,
     base_model: dict,
-    sft_checkpoint: dict,
+    dpo_checkpoint: dict,
     recipe: RecipeResource,
     registry: ModelRegistry,
 ) -> dg.Output[dict]:
     settings = recipe.load()
-    champion = _champion_adapter(context, registry, settings.registry.model_name, base_model["sha256"])
-    report = evaluate(Path(base_model["path"]), Path(sft_checkpoint["adapter_path"]), heldout_split,
-                      settings.evaluation, champion)
+    candidate = dpo_checkpoint  # the final candidate: the DPO model, or the SFT model when DPO is off
+    champion = _champion_weights(context, registry, settings.registry.model_name, base_model["sha256"])
+    # an adapter over the base, or a full model
+    weights = Path(candidate["adapter_path"] or candidate["model_path"])
+    report = evaluate(Path(base_model["path"]), weights, heldout_split, settings.evaluation, champion)
     report["heldout_split_version"] = dataset_version(heldout_split)
     report["failures"] = gate_failures(report, settings.gate)
     models = report["models"]
     for name, scores in models.items():
         context.log.info(f"{name}: " + ", ".join(f"{k}={v}" for k, v in scores.items()))
-    run_id = sft_checkpoint.get("mlflow_run_id")
+    run_id = candidate.get("mlflow_run_id")
     if run_id:
         registry.log_metrics(run_id, {f"eval_{m}_{k}": v for m, s in models.items() for k, v in s.items()})
     metadata = {

@@ -24,19 +24,21 @@ def _latest_data_version(context: dg.AssetExecutionContext, asset: str) -> str:
 @dg.asset(
     group_name="registry",
     kinds={"mlflow"},
-    description="A new MLflow model version of the adapter (and tokenizer) with lineage tags: base and hash, "
+    description="A new MLflow model version of the adapter (with the merged model next to it) or of the full "
+    "fine-tuned model, with its tokenizer and lineage tags: base and hash, "
     "data versions, recipe, code version, Dagster run, eval scores. Alias `challenger` always; `champion` when it "
     "beats the current champion on the same held-out examples. Runs only when the blocking gate checks pass.",
 )
 def registry_entry(
     context: dg.AssetExecutionContext,
     eval_report: dict,
-    sft_checkpoint: dict,
+    dpo_checkpoint: dict,
     base_model: dict,
     recipe: RecipeResource,
     registry: ModelRegistry,
 ) -> dg.Output[dict]:
     settings = recipe.load()
+    candidate = dpo_checkpoint  # the final candidate: the DPO model, or the SFT model when DPO is off
     models = eval_report["models"]
     tags = {
         "base_model.name": base_model["name"],
@@ -44,7 +46,7 @@ def registry_entry(
         "base_model.source_sha256": base_model["source_sha256"],
         "base_model.sha256": base_model["sha256"],
         **{f"data.{a}": _latest_data_version(context, a) for a in UPSTREAM_DATA},
-        "data.train_split": sft_checkpoint["train_split_version"],
+        "data.train_split": candidate["train_split_version"],
         "data.heldout_split": eval_report["heldout_split_version"],
         "data.sources": ",".join(s.path for s in settings.data.sources),
         "recipe.name": settings.name,
@@ -53,8 +55,12 @@ def registry_entry(
         "code.version": code_version(),
         "dagster.run_id": context.run_id,
         "dagster.job": context.job_name,
-        "mlflow.run_id": sft_checkpoint.get("mlflow_run_id", ""),
-        "adapter.sha256": sft_checkpoint["adapter_sha256"],
+        "mlflow.run_id": candidate.get("mlflow_run_id", ""),
+        "training.dpo": "skipped" if candidate.get("dpo_skipped", True) else "done",
+        "training.method": candidate["method"],
+        "adapter.sha256": candidate["adapter_sha256"] or "",
+        "model.sha256": candidate["model_sha256"] or "",
+        "weights.sha256": candidate["weights_sha256"],
         "eval.base_rouge_l": str(models["base"]["rouge_l"]),
         "eval.candidate_rouge_l": str(models["candidate"]["rouge_l"]),
         "eval.rouge_l_gain": str(eval_report["rouge_l_gain_vs_base"]),
@@ -64,9 +70,15 @@ def registry_entry(
         "eval.examples": str(eval_report["examples"]),
     }
     name = settings.registry.model_name
-    version = registry.register(name, sft_checkpoint["mlflow_run_id"], Path(sft_checkpoint["adapter_path"]), tags,
-                                description=f"{settings.name} on {base_model['name']}, Dagster run {context.run_id}")
-    registry.set_run_tags(sft_checkpoint["mlflow_run_id"], {"registered_version": version})
+    description = f"{settings.name} on {base_model['name']}, Dagster run {context.run_id}"
+    if candidate["adapter_path"]:
+        merged = {"merged": Path(candidate["model_path"])} if candidate["model_path"] else {}
+        version = registry.register(name, candidate["mlflow_run_id"], Path(candidate["adapter_path"]), tags,
+                                    description=description, extra_dirs=merged)
+    else:  # full fine-tuning: the version is the whole model
+        version = registry.register(name, candidate["mlflow_run_id"], Path(candidate["model_path"]), tags,
+                                    description=description, artifact_path="model")
+    registry.set_run_tags(candidate["mlflow_run_id"], {"registered_version": version})
     registry.set_alias(name, CHALLENGER, version)
     aliases = [CHALLENGER]
     if beats_champion(eval_report):
@@ -80,7 +92,7 @@ def registry_entry(
         "tracking_uri": registry.uri,
         "candidate_rouge_l": models["candidate"]["rouge_l"],
     }
-    link = registry.run_link(sft_checkpoint["mlflow_run_id"])
+    link = registry.run_link(candidate["mlflow_run_id"])
     if link:
         metadata["mlflow_run"] = dg.MetadataValue.url(link)
     return dg.Output({"model_name": name, "version": version, "aliases": aliases, "tags": tags}, metadata=metadata)

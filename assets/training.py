@@ -1,6 +1,7 @@
 """Training assets: the job runs in its own process through the launcher, and reports back via Pipes."""
 
 
+import base64
 import json
 from pathlib import Path
 
@@ -8,14 +9,53 @@ import dagster as dg
 
 from assets.metadata import table
 from pipeline.curation.records import dataset_version
+from pipeline.paths import resolve
+from pipeline.training.monitoring import loss_curve_png
 from resources import Bucket, ModelRegistry, RecipeResource, TrainingLauncher
+
+
+def training_metadata(result: dict, registry: ModelRegistry) -> dict:
+    """The run's numbers, loss curve (table and plot), weights and MLflow link as Dagster metadata."""
+    history = result.pop("log_history")
+    tokens_per_s = result["tokens_seen"] / result["train_runtime_s"] if result["train_runtime_s"] else 0.0
+    metadata = {
+        "method": result["method"],
+        "global_step": result["global_step"],
+        "resumed_from": result["resumed_from"] or "(fresh start)",
+        "train_runtime_s": result["train_runtime_s"],
+        "train_examples": result["train_examples"],
+        "tokens_seen": result["tokens_seen"],
+        "tokens_per_second": round(tokens_per_s, 1),
+        "peak_memory_mb": result["peak_memory_mb"],
+        "weights_sha256": result["weights_sha256"],
+        "mlflow_run_id": result.get("mlflow_run_id", ""),
+        "loss_curve": table([{"step": h.get("step", 0), "loss": h["loss"], "learning_rate": h.get("learning_rate"),
+                              "grad_norm": h.get("grad_norm")} for h in history if "loss" in h]),
+    }
+    evals = [{"step": h.get("step", 0), "eval_loss": h["eval_loss"]} for h in history if "eval_loss" in h]
+    if evals:
+        metadata["eval_loss_curve"] = table(evals)
+    for key in ("adapter_path", "model_path"):
+        if result[key]:
+            metadata[key] = dg.MetadataValue.path(result[key])
+    png = loss_curve_png(history)
+    if png:
+        metadata["loss_plot"] = dg.MetadataValue.md(f"![loss curve](data:image/png;base64,{base64.b64encode(png).decode()})")
+    if result["train_loss"] is not None:
+        metadata["train_loss"] = result["train_loss"]
+    link = registry.run_link(result["mlflow_run_id"]) if result.get("mlflow_run_id") else None
+    if link:
+        metadata["mlflow_run"] = dg.MetadataValue.url(link)
+    return metadata
 
 
 @dg.asset(
     group_name="training",
     kinds={"pytorch", "mlflow"},
-    description="A LoRA adapter trained with TRL's SFTTrainer on train_split (loss on the answer turn only), "
-    "in a separate process (`python -m pipeline.training`) launched through the TrainingLauncher.",
+    description="A LoRA/QLoRA adapter (and the merged model) or a fully fine-tuned model, trained with TRL's "
+    "SFTTrainer on train_split (loss on the answer turn only) in a separate process (`python -m pipeline.training`) "
+    "launched through the TrainingLauncher. Checkpoints go to runs/<run_id>/sft/checkpoints, so a retry of the "
+    "same run resumes from the latest complete one.",
     retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
 )
 def sft_checkpoint(
@@ -28,6 +68,7 @@ def sft_checkpoint(
     registry: ModelRegistry,
 ) -> dg.Output[dict]:
     settings = recipe.load()
+    # keyed by the run, not the attempt: a retry finds the checkpoints the killed attempt left
     workdir = bucket.local_path(f"runs/{context.run_id}/sft")
     workdir.mkdir(parents=True, exist_ok=True)
     train_path = workdir / "train.jsonl"
@@ -48,27 +89,68 @@ def sft_checkpoint(
                      "recipe.fingerprint": settings.fingerprint()},
         },
     }
+    if bucket.is_remote:  # checkpoints mirrored to the store, so a retry on another machine resumes
+        spec["checkpoint_uri"] = bucket.uri(f"runs/{context.run_id}/sft/checkpoints")
     result = launcher.launch(context, spec, workdir)
     if bucket.is_remote:
-        result["adapter_uri"] = bucket.upload_dir(Path(result["adapter_path"]), f"runs/{context.run_id}/sft/adapter")
+        for key in ("adapter_path", "model_path"):
+            if result[key]:
+                result[key.replace("_path", "_uri")] = bucket.upload_dir(Path(result[key]), f"runs/{context.run_id}/sft/{Path(result[key]).name}")
     result["train_split_version"] = train_version
-    history = result.pop("log_history")
-    tokens_per_s = result["tokens_seen"] / result["train_runtime_s"] if result["train_runtime_s"] else 0.0
-    metadata = {
-        "global_step": result["global_step"],
-        "train_runtime_s": result["train_runtime_s"],
-        "train_examples": result["train_examples"],
-        "tokens_seen": result["tokens_seen"],
-        "tokens_per_second": round(tokens_per_s, 1),
-        "adapter_sha256": result["adapter_sha256"],
-        "adapter_path": dg.MetadataValue.path(result["adapter_path"]),
-        "mlflow_run_id": result.get("mlflow_run_id", ""),
-        "loss_curve": table([{"step": h.get("step", 0), "loss": h.get("loss"), "learning_rate": h.get("learning_rate")}
-                             for h in history if "loss" in h]),
+    metadata = training_metadata(result, registry)
+    return dg.Output(result, data_version=dg.DataVersion(result["weights_sha256"]), metadata=metadata)
+
+
+@dg.asset(
+    group_name="training",
+    kinds={"pytorch", "mlflow"},
+    description="The final candidate. With `dpo.enabled`, DPO (TRL's DPOTrainer) on preference pairs from families "
+    "outside the held-out split, starting from the SFT model with the SFT model as reference; otherwise the SFT "
+    "checkpoint itself, passed through with `dpo_skipped` in its metadata.",
+    retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
+)
+def dpo_checkpoint(
+    context: dg.AssetExecutionContext,
+    sft_checkpoint: dict,
+    heldout_split: list,
+    base_model: dict,
+    recipe: RecipeResource,
+    bucket: Bucket,
+    launcher: TrainingLauncher,
+    registry: ModelRegistry,
+) -> dg.Output[dict]:
+    settings = recipe.load()
+    if not settings.dpo.enabled:
+        return dg.Output({**sft_checkpoint, "dpo_skipped": True}, data_version=dg.DataVersion(sft_checkpoint["weights_sha256"]),
+                         metadata={"dpo_skipped": True, "stage": "sft (dpo.enabled is false)",
+                                   "weights_sha256": sft_checkpoint["weights_sha256"]})
+    workdir = bucket.local_path(f"runs/{context.run_id}/dpo")
+    spec = {
+        "stage": "dpo",
+        "train_path": str(resolve(settings.dpo.preferences_path)),
+        "base_path": base_model["path"],
+        "output_dir": str(workdir),
+        "training": settings.training.model_dump(),
+        "dpo": settings.dpo.model_dump(),
+        "sft_result": sft_checkpoint,
+        "exclude_groups": sorted({r["group"] for r in heldout_split}),  # held-out families never reach training
+        "mlflow": {
+            "tracking_uri": registry.uri,
+            "experiment": settings.registry.experiment,
+            "run_name": f"dpo-{context.run_id[:8]}",
+            "tags": {"dagster.run_id": context.run_id, "dagster.asset": "dpo_checkpoint",
+                     "sft.weights_sha256": sft_checkpoint["weights_sha256"], "base_model.sha256": base_model["sha256"],
+                     "recipe.fingerprint": settings.fingerprint()},
+        },
     }
-    if result["train_loss"] is not None:
-        metadata["train_loss"] = result["train_loss"]
-    link = registry.run_link(result["mlflow_run_id"]) if result.get("mlflow_run_id") else None
-    if link:
-        metadata["mlflow_run"] = dg.MetadataValue.url(link)
-    return dg.Output(result, data_version=dg.DataVersion(result["adapter_sha256"]), metadata=metadata)
+    if bucket.is_remote:  # checkpoints mirrored to the store, so a retry on another machine resumes
+        spec["checkpoint_uri"] = bucket.uri(f"runs/{context.run_id}/dpo/checkpoints")
+    result = launcher.launch(context, spec, workdir)
+    if bucket.is_remote:
+        for key in ("adapter_path", "model_path"):
+            if result[key]:
+                result[key.replace("_path", "_uri")] = bucket.upload_dir(Path(result[key]), f"runs/{context.run_id}/dpo/{Path(result[key]).name}")
+    result.update(dpo_skipped=False, train_split_version=sft_checkpoint["train_split_version"],
+                  sft_weights_sha256=sft_checkpoint["weights_sha256"])
+    metadata = {"stage": "dpo", "dpo_skipped": False, **training_metadata(result, registry)}
+    return dg.Output(result, data_version=dg.DataVersion(result["weights_sha256"]), metadata=metadata)

@@ -18,6 +18,7 @@ INSTRUCTION = "Write the one-line summary of this Debian package from its descri
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
 FAMILIES = 330  # about 500 examples: ~420 train and ~80 held-out after the split
 GOLDEN_FAMILIES = 40  # a frozen eval set from families that never enter the sample
+PREFERENCE_PAIRS = 150  # for the DPO stage; only families already in the sample, so the split covers them
 
 
 def stable_rank(key: str) -> str:
@@ -79,6 +80,21 @@ MALFORMED_CHATML = [
 ]
 
 
+def preference_pairs(path: Path, sample: list[dict]) -> list[dict]:
+    """Preference pairs whose prompt is a sampled package's description, tagged with its `source` family."""
+    by_description = {r["description"]: r for r in sample}
+    pairs = []
+    with gzip.open(path / "preferences.jsonl.gz", "rt", encoding="utf-8") as f:
+        for line in f:
+            pair = json.loads(line)
+            rec = by_description.get(pair["prompt"].split("\n\n", 1)[-1])
+            if rec is not None:
+                pairs.append({"prompt": pair["prompt"], "chosen": pair["chosen"], "rejected": pair["rejected"],
+                              "source": rec["source"], "package": rec["package"]})
+    pairs.sort(key=lambda p: stable_rank(f"pref:{p['package']}:{p['rejected']}"))
+    return pairs[:PREFERENCE_PAIRS]
+
+
 def write_jsonl(path: Path, rows: list[dict], extra_lines: list[str] = ()) -> None:
     lines = [json.dumps(r, ensure_ascii=False) for r in rows]
     # Malformed lines are spread through the file, not appended, as in a real export.
@@ -111,9 +127,11 @@ def main() -> None:
     write_jsonl(args.out / "sharegpt.jsonl.gz", [as_sharegpt(r) for r in sharegpt])
     write_jsonl(args.out / "chatml.jsonl", [as_chatml(r) for r in chatml] + chatml_dupes, MALFORMED_CHATML)
     write_jsonl(args.out / "golden.jsonl", [as_chatml(r) for r in golden])
+    preferences = preference_pairs(args.shared, sample)
+    write_jsonl(args.out / "preferences.jsonl", preferences)
     print(f"sample: {len(sample)} records from {FAMILIES} families "
           f"(alpaca {len(alpaca)}, sharegpt {len(sharegpt)}, chatml {len(chatml)} + {len(chatml_dupes)} duplicates); "
-          f"golden: {len(golden)}")
+          f"golden: {len(golden)}; preference pairs: {len(preferences)}")
 
 
 if __name__ == "__main__":

@@ -60,15 +60,19 @@ class ModelRegistry(dg.ConfigurableResource):
         for key, value in tags.items():
             self.client().set_tag(run_id, key, value)
 
-    def register(self, model_name: str, run_id: str, adapter_dir: Path, tags: dict[str, str], description: str) -> str:
-        """Log the adapter to the run, create a model version from it with lineage tags; return the version."""
+    def register(self, model_name: str, run_id: str, adapter_dir: Path, tags: dict[str, str], description: str,
+                 artifact_path: str = "adapter", extra_dirs: dict[str, Path] | None = None) -> str:
+        """Log the weights (adapter, or full model under another `artifact_path`) and any extra folders (the merged
+        model) to the run, create a model version from the weights with lineage tags; return the version."""
         client = self.client()
-        client.log_artifacts(run_id, str(adapter_dir), artifact_path="adapter")
+        client.log_artifacts(run_id, str(adapter_dir), artifact_path=artifact_path)
+        for name, folder in (extra_dirs or {}).items():
+            client.log_artifacts(run_id, str(folder), artifact_path=name)
         try:
             client.get_registered_model(model_name)
         except Exception:  # MLflow raises RestException(RESOURCE_DOES_NOT_EXIST); its type differs by backend
             client.create_registered_model(model_name, description="LLM fine-tuned by the Dagster pipeline")
-        source = f"{client.get_run(run_id).info.artifact_uri}/adapter"
+        source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
         version = client.create_model_version(model_name, source=source, run_id=run_id, tags=tags, description=description)
         return str(version.version)
 

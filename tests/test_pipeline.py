@@ -50,7 +50,7 @@ def two_runs(tiny_model_dir, tmp_path_factory):
 def test_whole_graph_materializes_and_passes_its_checks(two_runs):
     _, _, first, _ = two_runs
     assert first.success
-    assert set(data_versions(first)) == set(DATA_ASSETS) | {"sft_checkpoint", "eval_report", "registry_entry"}
+    assert set(data_versions(first)) == set(DATA_ASSETS) | {"sft_checkpoint", "dpo_checkpoint", "eval_report", "registry_entry"}
     checks = {e.check_name: e.passed for e in first.get_asset_check_evaluations()}
     assert checks == {"candidate_beats_base": True, "no_train_heldout_overlap": True,
                       "no_heldout_near_duplicate_in_train": True, "no_pii_or_secrets_left": True}
@@ -103,3 +103,75 @@ def test_gate_blocks_a_candidate_that_did_not_train(tiny_model_dir, tmp_path):
     assert "registry_entry" not in materialized
     registry = ModelRegistry(tracking_uri=f"sqlite:///{store}/mlflow.db")
     assert registry.version_by_alias(recipe.registry.model_name, "challenger") is None
+
+
+def test_dpo_enabled_makes_the_dpo_model_the_evaluated_and_registered_candidate(tiny_model_dir, tmp_path):
+    import json
+
+    store = tmp_path / "store"
+    recipe = tiny_recipe(tiny_model_dir, dpo={"enabled": True, "max_steps": 2, "batch_size": 4, "max_length": 128,
+                                              "learning_rate": 0.01, "logging_steps": 1})
+    result = run_graph(store, recipe, dg.DagsterInstance.ephemeral())
+    assert result.success
+    versions = data_versions(result)
+    assert versions["dpo_checkpoint"] != versions["sft_checkpoint"]
+    entry = result.output_for_node("registry_entry")
+    assert entry["tags"]["weights.sha256"] == versions["dpo_checkpoint"]
+    assert entry["tags"]["training.dpo"] == "done"
+    spec = json.loads(next(store.glob("runs/*/dpo/spec.json")).read_text())
+    heldout_groups = {r["group"] for r in result.asset_value("heldout_split")}
+    assert set(spec["exclude_groups"]) == heldout_groups
+
+
+def test_dpo_disabled_passes_the_sft_model_through_marked_skipped(two_runs):
+    _, _, first, _ = two_runs
+    versions = data_versions(first)
+    assert versions["dpo_checkpoint"] == versions["sft_checkpoint"]
+    assert first.output_for_node("dpo_checkpoint")["dpo_skipped"] is True
+
+
+class LaunchKilledOnce(TrainingLauncher):
+    """The first SFT attempt dies after its first complete checkpoint (a killed process, a lost pod); later ones run."""
+
+    def launch(self, context, spec, workdir):
+        import json
+        import signal
+        import subprocess
+        import sys
+        import time
+
+        from pipeline.training.checkpoints import latest_complete
+
+        if spec.get("stage", "sft") != "sft" or (workdir / "killed-once").exists():
+            return super().launch(context, spec, workdir)
+        (workdir / "spec.json").write_text(json.dumps(spec))
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.training", "--spec", str(workdir / "spec.json")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 240
+        while latest_complete(workdir / "checkpoints") is None and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        (workdir / "killed-once").touch()
+        raise dg.Failure("training process killed")
+
+
+def test_retried_sft_asset_resumes_from_the_killed_attempts_checkpoint(tiny_model_dir, tmp_path):
+    store = tmp_path / "store"
+    recipe = tiny_recipe(tiny_model_dir, training={"max_steps": 60, "save_steps": 3, "max_length": 128,
+                                                   "merge_adapter": False})
+    bucket = Bucket(root=str(store))
+    defs = dg.Definitions(
+        assets=all_assets, asset_checks=all_checks, jobs=[finetune_job],
+        resources={"bucket": bucket, "io_manager": BucketJsonIOManager(bucket=bucket), "recipe": RecipeResource.of(recipe),
+                   "registry": ModelRegistry(tracking_uri=f"sqlite:///{store}/mlflow.db", artifact_root=f"{store}/mlartifacts"),
+                   "launcher": LaunchKilledOnce()},
+    )
+    result = defs.resolve_job_def("finetune").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
+        asset_selection=[dg.AssetKey(k) for k in DATA_ASSETS + ["sft_checkpoint"]])
+    assert result.success
+    sft = result.asset_value("sft_checkpoint")
+    assert sft["resumed_from"] and sft["resumed_from"].startswith("checkpoint-")
+    assert sft["global_step"] == 60
+    assert (store / "runs" / result.run_id / "sft" / "killed-once").exists()

@@ -17,9 +17,15 @@ def win_rate(candidate: ModelScores, other: ModelScores) -> float:
     return wins / max(len(pairs), 1)
 
 
-def evaluate(base_path: Path, adapter_path: Path, heldout: list[Record], recipe: EvaluationRecipe,
-             champion_adapter: Path | None = None) -> dict[str, Any]:
-    """Score base (adapter disabled), candidate and, when given, the champion adapter on the same examples."""
+def is_adapter(path: Path) -> bool:
+    """True for a PEFT adapter folder, False for a full model folder (full fine-tuning, or a merged model)."""
+    return (Path(path) / "adapter_config.json").exists()
+
+
+def evaluate(base_path: Path, candidate_path: Path, heldout: list[Record], recipe: EvaluationRecipe,
+             champion_path: Path | None = None) -> dict[str, Any]:
+    """Score base, candidate and, when given, the champion on the same examples. Candidate and champion are each
+    an adapter (scored over the one base, whose own score comes with adapters disabled) or a full model."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -29,19 +35,36 @@ def evaluate(base_path: Path, adapter_path: Path, heldout: list[Record], recipe:
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    model = PeftModel.from_pretrained(base, str(adapter_path), adapter_name="candidate")
     args = (tokenizer, examples, recipe.batch_size, recipe.max_new_tokens)
 
-    with model.disable_adapter():  # the base itself, without a second copy of its weights
+    def load(path: Path):
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+    base = load(base_path)
+    adapters = {name: p for name, p in (("candidate", candidate_path), ("champion", champion_path))
+                if p is not None and is_adapter(p)}
+    model = base
+    for name, path in adapters.items():
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(path), adapter_name=name)
+        else:
+            model = PeftModel.from_pretrained(base, str(path), adapter_name=name)
+    if isinstance(model, PeftModel):
+        with model.disable_adapter():  # the base itself, without a second copy of its weights
+            base_scores = score_model("base", model, *args)
+    else:
         base_scores = score_model("base", model, *args)
-    candidate = score_model("candidate", model, *args)
+
+    def score(name: str, path: Path):
+        if name in adapters:
+            model.set_adapter(name)
+            return score_model(name, model, *args)
+        return score_model(name, load(path), *args)  # a full model: its own weights
+
+    candidate = score("candidate", candidate_path)
     scores = [base_scores, candidate]
-    if champion_adapter is not None:
-        model.load_adapter(str(champion_adapter), adapter_name="champion")
-        model.set_adapter("champion")
-        scores.append(score_model("champion", model, *args))
-        model.set_adapter("candidate")
+    if champion_path is not None:
+        scores.append(score("champion", champion_path))
 
     report: dict[str, Any] = {
         "examples": len(examples),
@@ -51,7 +74,7 @@ def evaluate(base_path: Path, adapter_path: Path, heldout: list[Record], recipe:
         "win_rate_vs_base": round(win_rate(candidate, base_scores), 4),
         "rows": comparison_rows(examples, scores),
     }
-    if champion_adapter is not None:
+    if champion_path is not None:
         report["rouge_l_gain_vs_champion"] = round(candidate.rouge_l - scores[2].rouge_l, 4)
         report["win_rate_vs_champion"] = round(win_rate(candidate, scores[2]), 4)
     return report

@@ -15,11 +15,11 @@ import logging
 import os
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from pipeline.recipe import TrainingRecipe
+from pipeline.recipe import DpoRecipe, TrainingRecipe
 
 
 class MlflowTarget(BaseModel):
@@ -30,10 +30,15 @@ class MlflowTarget(BaseModel):
 
 
 class TrainingSpec(BaseModel):
-    train_path: str
+    stage: Literal["sft", "dpo"] = "sft"
+    train_path: str  # sft: canonical chat records; dpo: preference pairs
     base_path: str
     output_dir: str
     training: TrainingRecipe
+    dpo: DpoRecipe | None = None  # dpo stage only
+    sft_result: dict[str, Any] | None = None  # dpo stage only: the SFT result it starts from
+    exclude_groups: list[str] = []  # dpo stage only: held-out families
+    checkpoint_uri: str | None = None  # s3:// prefix that mirrors the checkpoints, so another machine can resume
     mlflow: MlflowTarget | None = None
 
 
@@ -51,17 +56,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--spec", required=True, type=Path, help="JSON file with a TrainingSpec")
     args = parser.parse_args(argv)
     spec = TrainingSpec.model_validate_json(args.spec.read_text())
+    # under torchrun every rank runs this; only rank 0 talks to Dagster and MLflow, so each line is reported once
+    rank_zero = int(os.environ.get("RANK", "0")) == 0
 
     from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
 
+    from pipeline.training.methods import check_method_runs_here
+
     with ExitStack() as stack:
-        pipes = stack.enter_context(open_dagster_pipes()) if PipesEnvVarParamsLoader().is_dagster_pipes_process() else None
+        is_pipes = rank_zero and PipesEnvVarParamsLoader().is_dagster_pipes_process()
+        pipes = stack.enter_context(open_dagster_pipes()) if is_pipes else None
+        check_method_runs_here(spec.training)  # e.g. QLoRA without a GPU: fail before loading anything
         log = pipes.log if pipes else logging.getLogger("pipeline.training")
         if not pipes:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
         mlflow = None
-        if spec.mlflow:
+        if spec.mlflow and rank_zero:
             import mlflow
 
             mlflow.set_tracking_uri(spec.mlflow.tracking_uri)
@@ -70,14 +81,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             mlflow.log_params(_flatten("training", spec.training.model_dump()))
 
         def report(message: str, metrics: dict[str, Any]) -> None:
+            if not rank_zero:
+                return
             log.info(message)
             if mlflow and metrics:
                 step = int(metrics.get("step", 0))
                 mlflow.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=step)
 
-        from pipeline.training.sft import train_sft
+        if spec.stage == "dpo":
+            from pipeline.training.dpo import load_preferences, train_dpo
 
-        result = train_sft(Path(spec.train_path), Path(spec.base_path), Path(spec.output_dir), spec.training, report).to_dict()
+            pairs = load_preferences(Path(spec.train_path), set(spec.exclude_groups))
+            result = train_dpo(pairs, Path(spec.base_path), spec.sft_result, Path(spec.output_dir), spec.training,
+                               spec.dpo or DpoRecipe(), report, spec.checkpoint_uri)
+        else:
+            from pipeline.training.sft import train_sft
+
+            trained = train_sft(Path(spec.train_path), Path(spec.base_path), Path(spec.output_dir), spec.training, report,
+                                spec.checkpoint_uri)
+            result = trained.to_dict() if trained else {}
+        if not rank_zero:
+            return result
         if mlflow:
             result["mlflow_run_id"] = run.info.run_id
             if result["train_loss"] is not None:

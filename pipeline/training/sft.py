@@ -1,30 +1,39 @@
-"""Supervised fine-tuning with TRL's SFTTrainer and a PEFT LoRA adapter, loss on the final assistant turn."""
+"""Supervised fine-tuning with TRL's SFTTrainer (LoRA, QLoRA or full), loss on the final assistant turn, with
+resumable checkpoints and an optional merged model."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.recipe import TrainingRecipe
+from pipeline.training.checkpoint_mirror import mirror_callback, restore_latest
+from pipeline.training.distributed import trainer_args
+from pipeline.training.checkpoints import latest_complete, marker_callback
+from pipeline.training.methods import check_method_runs_here, load_base, peft_config
+from pipeline.training.monitoring import Reporter, early_stopping_callback, peak_memory_mb, reporting_callback
 
-Reporter = Callable[[str, dict[str, Any]], None]
-"""Called as reporter(message, metrics) at every logging step: the door to Dagster Pipes and MLflow."""
 
 
 @dataclass
 class TrainingResult:
-    adapter_path: str
-    adapter_sha256: str
+    method: str
+    adapter_path: str | None  # LoRA/QLoRA: the adapter folder; None for full fine-tuning
+    adapter_sha256: str | None
+    model_path: str | None  # full fine-tuning: the model; LoRA: the merged model when merge_adapter is on
+    model_sha256: str | None
+    weights_sha256: str  # of what evaluation and serving load first: the adapter, or the full model
     global_step: int
+    resumed_from: str | None
     train_loss: float | None
     train_runtime_s: float
     train_examples: int
     tokens_seen: int
+    peak_memory_mb: float
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -45,7 +54,9 @@ def _device_flags() -> dict[str, Any]:
     import torch
 
     if torch.cuda.is_available():
-        return {"bf16": torch.cuda.is_bf16_supported(), "fp16": not torch.cuda.is_bf16_supported()}
+        # Liger's fused RMSNorm/RoPE/SwiGLU/cross-entropy kernels cut memory and time on a GPU, when installed
+        return {"bf16": torch.cuda.is_bf16_supported(), "fp16": not torch.cuda.is_bf16_supported(),
+                "use_liger_kernel": importlib.util.find_spec("liger_kernel") is not None}
     # bf16 autocast is ~1.5x faster on CPUs with native bf16 (AVX512-BF16, AMX) and slower elsewhere.
     return {"bf16": cpu_has_bf16(), "fp16": False, "use_cpu": True}
 
@@ -58,55 +69,63 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _reporting_callback(reporter: Reporter):
-    from transformers import TrainerCallback
-
-    class ReportingCallback(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            metrics = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float)) and math.isfinite(v)}
-            metrics["num_input_tokens_seen"] = float(state.num_input_tokens_seen)
-            reporter(f"step {state.global_step}/{state.max_steps} " + " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())),
-                     {**metrics, "step": state.global_step})
-
-    return ReportingCallback()
-
-
-def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: TrainingRecipe, reporter: Reporter) -> TrainingResult:
-    """Train a LoRA adapter on `train_path` (canonical JSONL) over the base in `base_path`; save it under `output_dir/adapter`."""
+def merge_adapter(base_path: Path, adapter_dir: Path, target: Path) -> Path:
+    """Fold the adapter into a full-precision copy of the base and save it as safetensors, for servers without adapters."""
     import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # a fresh full-precision base, so a QLoRA adapter is merged into real weights, not 4-bit ones
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(target, safe_serialization=True)
+    AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(target)
+    return target
+
+
+def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: TrainingRecipe, reporter: Reporter,
+              checkpoint_uri: str | None = None) -> TrainingResult | None:
+    """Fine-tune on `train_path` (canonical JSONL) with the recipe's method; resume from the latest complete
+    checkpoint under `output_dir/checkpoints` (or mirrored at `checkpoint_uri`, s3://) when a previous attempt left one. Returns None on ranks other than 0."""
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, set_seed
+    from transformers import AutoTokenizer, PrinterCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
-    from pipeline.models.base_model import file_sha256
+    from pipeline.models.base_model import file_sha256, weights_sha256
 
+    check_method_runs_here(recipe)
     set_seed(recipe.seed)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    # A frozen LoRA base needs no fp32 master copy: bf16 halves its memory and the casts on GPU.
-    frozen_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.bfloat16 if frozen_bf16 else torch.float32,
-                                                 attn_implementation=recipe.attn_implementation)
+    model = load_base(base_path, recipe)
     rows = load_prompt_completion(train_path)
-    dataset = Dataset.from_list(rows)
+    # the eval slice is the tail of the (already shuffled) train split, so it is the same on every attempt
+    eval_rows = rows[-recipe.eval_examples:] if recipe.eval_examples else []
+    train_rows = rows[: len(rows) - len(eval_rows)]
+    evaluating = bool(eval_rows)
 
+    checkpoint_dir = output_dir / "checkpoints"
     config = SFTConfig(
-        output_dir=str(output_dir / "trainer"),
+        output_dir=str(checkpoint_dir),
         num_train_epochs=recipe.epochs,
         max_steps=max(recipe.max_steps, 1) if recipe.max_steps >= 0 else -1,
         learning_rate=recipe.learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=recipe.warmup_ratio,  # transformers 5 reads a value below 1 as a ratio
         per_device_train_batch_size=recipe.batch_size,
+        per_device_eval_batch_size=recipe.batch_size,
         gradient_accumulation_steps=recipe.gradient_accumulation_steps,
         gradient_checkpointing=recipe.gradient_checkpointing,
         max_length=recipe.max_length,
         completion_only_loss=True,
         packing=recipe.packing,  # best-fit packing; transformers keeps attention inside each example via position_ids
         logging_steps=recipe.logging_steps,
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=recipe.save_steps,
+        save_total_limit=recipe.save_total_limit,
+        eval_strategy="steps" if evaluating else "no",
+        eval_steps=recipe.eval_steps,
         report_to=[],
         seed=recipe.seed,
         data_seed=recipe.seed,
@@ -114,36 +133,61 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
         dataloader_num_workers=0,
         disable_tqdm=True,
         **_device_flags(),
+        **trainer_args(recipe.distributed),
     )
-    peft_config = LoraConfig(
-        r=recipe.lora.r,
-        lora_alpha=recipe.lora.alpha,
-        lora_dropout=recipe.lora.dropout,
-        target_modules=recipe.lora.target_modules,
-        task_type="CAUSAL_LM",
-    )
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=[_reporting_callback(reporter)])
-
+    callbacks = [reporting_callback(reporter), marker_callback()]  # the marker first: the mirror uploads marked ones
+    if checkpoint_uri:
+        callbacks.append(mirror_callback(checkpoint_uri))
+    if evaluating and recipe.early_stopping_patience:
+        callbacks.append(early_stopping_callback(recipe.early_stopping_patience))
+    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(train_rows),
+                         eval_dataset=Dataset.from_list(eval_rows) if evaluating else None,
+                         processing_class=tokenizer, peft_config=peft_config(recipe), callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # progress goes through the reporter, not raw dicts on stdout
+
+    if checkpoint_uri:
+        restore_latest(checkpoint_uri, checkpoint_dir)
+    resume = latest_complete(checkpoint_dir)
+    if resume is not None:
+        reporter(f"resuming from {resume.name} (a previous attempt's latest complete checkpoint)", {})
     started = time.monotonic()
     train_loss = None
     if recipe.max_steps != 0:  # zero steps: save the untouched adapter (B = 0), identical to the base
-        output = trainer.train()
+        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         train_loss = float(output.training_loss)
     runtime = time.monotonic() - started
 
-    adapter_dir = output_dir / "adapter"
-    trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
-    tokenizer.save_pretrained(adapter_dir)
-    reporter(f"saved adapter to {adapter_dir}", {})
+    adapter_dir = model_dir = None
+    if recipe.method == "full":
+        model_dir = output_dir / "model"
+        trainer.save_model(str(model_dir))
+        tokenizer.save_pretrained(model_dir)
+        reporter(f"saved full model to {model_dir}", {})
+    else:
+        adapter_dir = output_dir / "adapter"
+        trainer.save_model(str(adapter_dir))  # the Trainer gathers sharded (ZeRO-3/FSDP) weights and writes on rank 0
+        tokenizer.save_pretrained(adapter_dir)
+        reporter(f"saved adapter to {adapter_dir}", {})
+        if recipe.merge_adapter and trainer.is_world_process_zero():
+            model_dir = merge_adapter(base_path, adapter_dir, output_dir / "merged")
+            reporter(f"saved merged model to {model_dir}", {})
+    if not trainer.is_world_process_zero():  # other ranks are done; rank 0 hashes and reports
+        return None
+    adapter_sha = file_sha256(adapter_dir / "adapter_model.safetensors") if adapter_dir else None
+    model_sha = weights_sha256(model_dir) if model_dir else None
     return TrainingResult(
-        adapter_path=str(adapter_dir),
-        adapter_sha256=file_sha256(adapter_dir / "adapter_model.safetensors"),
+        method=recipe.method,
+        adapter_path=str(adapter_dir) if adapter_dir else None,
+        adapter_sha256=adapter_sha,
+        model_path=str(model_dir) if model_dir else None,
+        model_sha256=model_sha,
+        weights_sha256=adapter_sha or model_sha,
         global_step=trainer.state.global_step,
+        resumed_from=resume.name if resume else None,
         train_loss=train_loss,
         train_runtime_s=round(runtime, 2),
-        train_examples=len(rows),
+        train_examples=len(train_rows),
         tokens_seen=int(trainer.state.num_input_tokens_seen),
-        log_history=[h for h in trainer.state.log_history if "loss" in h or "train_loss" in h],
+        peak_memory_mb=round(peak_memory_mb(), 1),
+        log_history=[h for h in trainer.state.log_history if "loss" in h or "eval_loss" in h or "train_loss" in h],
     )

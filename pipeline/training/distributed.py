@@ -1,0 +1,29 @@
+"""Several GPUs: the Trainer arguments for DeepSpeed ZeRO-2/3 and FSDP, and the command that starts one
+process per GPU. The configs live in recipes/distributed/ so they are reviewed and versioned with the recipe."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.paths import PROJECT_ROOT
+
+CONFIG_DIR = PROJECT_ROOT / "recipes" / "distributed"
+CONFIGS = {"zero2": CONFIG_DIR / "ds_zero2.json", "zero3": CONFIG_DIR / "ds_zero3.json", "fsdp": CONFIG_DIR / "fsdp.json"}
+
+
+def trainer_args(distributed: str) -> dict[str, Any]:
+    """Extra TrainingArguments for the recipe's `distributed` setting; empty for `none`."""
+    if distributed == "none":
+        return {}
+    if distributed == "fsdp":
+        return {"fsdp": True, "fsdp_config": str(CONFIGS["fsdp"])}
+    return {"deepspeed": str(CONFIGS[distributed])}  # "auto" fields are filled from the TrainingArguments
+
+
+def launch_command(python: str, spec_path: str, gpus: int) -> list[str]:
+    """`python -m pipeline.training` for one GPU (or none); torchrun with one process per GPU for more."""
+    workload = ["-m", "pipeline.training", "--spec", spec_path]
+    if gpus <= 1:
+        return [python, *workload]
+    # torch.distributed.run is torchrun; every rank runs the workload, rank 0 alone reports
+    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", *workload]

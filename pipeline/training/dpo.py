@@ -1,0 +1,131 @@
+"""DPO after SFT with TRL's DPOTrainer: the SFT model is both the starting point and the reference.
+
+For an adapter, training continues the SFT adapter and TRL keeps a frozen copy of it as a second adapter
+(`ref`) on the same base, so the reference costs adapter-sized memory, not a second copy of the weights.
+For a fully fine-tuned model, TRL loads a frozen copy of the SFT model as the reference.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.recipe import DpoRecipe, TrainingRecipe
+from pipeline.training.monitoring import Reporter, peak_memory_mb, reporting_callback
+
+
+def load_preferences(path: Path, exclude_groups: set[str] = frozenset()) -> list[dict[str, Any]]:
+    """Preference pairs in TRL's conversational shape, without those whose `source` family is excluded
+    (the held-out families, so evaluation never sees a prompt DPO trained on)."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            pair = json.loads(line)
+            if pair.get("source") in exclude_groups:
+                continue
+            rows.append({"prompt": [{"role": "user", "content": pair["prompt"]}],
+                         "chosen": [{"role": "assistant", "content": pair["chosen"]}],
+                         "rejected": [{"role": "assistant", "content": pair["rejected"]}]})
+    return rows
+
+
+def _policy(base_path: Path, sft: dict[str, Any], training: TrainingRecipe):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.training.methods import load_base
+
+    if sft["adapter_path"]:
+        return PeftModel.from_pretrained(load_base(base_path, training), sft["adapter_path"], is_trainable=True)
+    return AutoModelForCausalLM.from_pretrained(sft["model_path"], dtype=torch.float32)
+
+
+def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any], output_dir: Path,
+              training: TrainingRecipe, recipe: DpoRecipe, reporter: Reporter,
+              checkpoint_uri: str | None = None) -> dict[str, Any]:
+    """Train DPO from the SFT result `sft` (its adapter_path or model_path); save under `output_dir`."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer, PrinterCallback, set_seed
+    from trl import DPOConfig, DPOTrainer
+
+    from pipeline.models.base_model import file_sha256, weights_sha256
+    from pipeline.training.checkpoint_mirror import mirror_callback, restore_latest
+    from pipeline.training.checkpoints import latest_complete, marker_callback
+    from pipeline.training.distributed import trainer_args
+    from pipeline.training.methods import check_method_runs_here
+    from pipeline.training.sft import _device_flags, merge_adapter
+
+    check_method_runs_here(training)
+    set_seed(training.seed)
+    tokenizer = AutoTokenizer.from_pretrained(sft["adapter_path"] or sft["model_path"])
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = _policy(base_path, sft, training)
+    checkpoint_dir = output_dir / "checkpoints"
+    config = DPOConfig(
+        output_dir=str(checkpoint_dir),
+        beta=recipe.beta,
+        learning_rate=recipe.learning_rate,
+        max_steps=recipe.max_steps,
+        per_device_train_batch_size=recipe.batch_size,
+        max_length=recipe.max_length,
+        logging_steps=recipe.logging_steps,
+        lr_scheduler_type="cosine",
+        save_strategy="steps",
+        save_steps=training.save_steps,
+        save_total_limit=training.save_total_limit,
+        report_to=[],
+        seed=training.seed,
+        data_seed=training.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        **_device_flags(),
+        **trainer_args(training.distributed),
+    )
+    trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer,
+                         callbacks=[reporting_callback(reporter), marker_callback()]
+                         + ([mirror_callback(checkpoint_uri)] if checkpoint_uri else []))
+    trainer.remove_callback(PrinterCallback)
+    if checkpoint_uri:
+        restore_latest(checkpoint_uri, checkpoint_dir)
+    resume = latest_complete(checkpoint_dir)
+    if resume is not None:
+        reporter(f"resuming from {resume.name} (a previous attempt's latest complete checkpoint)", {})
+    started = time.monotonic()
+    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    runtime = time.monotonic() - started
+
+    if not trainer.is_world_process_zero():  # rank 0 saves and reports (ZeRO-3/FSDP gathering for DPO: untested)
+        return {}
+    adapter_dir = model_dir = None
+    if sft["adapter_path"]:
+        adapter_dir = output_dir / "adapter"
+        trainer.model.save_pretrained(adapter_dir, safe_serialization=True, selected_adapters=["default"])
+        tokenizer.save_pretrained(adapter_dir)
+        if training.merge_adapter:
+            model_dir = merge_adapter(base_path, adapter_dir, output_dir / "merged")
+    else:
+        model_dir = output_dir / "model"
+        trainer.save_model(str(model_dir))
+        tokenizer.save_pretrained(model_dir)
+    adapter_sha = file_sha256(adapter_dir / "adapter_model.safetensors") if adapter_dir else None
+    model_sha = weights_sha256(model_dir) if model_dir else None
+    return {
+        "method": sft["method"],
+        "adapter_path": str(adapter_dir) if adapter_dir else None,
+        "adapter_sha256": adapter_sha,
+        "model_path": str(model_dir) if model_dir else None,
+        "model_sha256": model_sha,
+        "weights_sha256": adapter_sha or model_sha,
+        "global_step": trainer.state.global_step,
+        "resumed_from": resume.name if resume else None,
+        "train_loss": float(output.training_loss),
+        "train_runtime_s": round(runtime, 2),
+        "train_examples": len(pairs),
+        "tokens_seen": int(trainer.state.num_input_tokens_seen),
+        "peak_memory_mb": round(peak_memory_mb(), 1),
+        "log_history": [h for h in trainer.state.log_history if "loss" in h or "train_loss" in h],
+    }

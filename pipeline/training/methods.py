@@ -1,0 +1,61 @@
+"""The fine-tuning methods: how the base is loaded and what is trained, for `lora`, `qlora` and `full`."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from pipeline.recipe import TrainingRecipe
+
+
+class MethodUnavailable(RuntimeError):
+    """The recipe asks for a method this machine cannot run; raised before any model is loaded."""
+
+
+def check_method_runs_here(recipe: TrainingRecipe) -> None:
+    """Fail fast, with the reason, when the method needs hardware or packages this machine lacks."""
+    if recipe.method != "qlora":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise MethodUnavailable(
+            "method qlora needs a CUDA GPU: its 4-bit NF4 weights run on bitsandbytes' CUDA kernels, and this "
+            "machine has none. Use `method: lora` (same adapter, full-precision base) or run on a GPU.")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise MethodUnavailable("method qlora needs the `bitsandbytes` package; install it (`pip install bitsandbytes`).")
+
+
+def peft_config(recipe: TrainingRecipe):
+    """The LoRA (or DoRA) adapter config; None for full fine-tuning."""
+    if recipe.method == "full":
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
+                      target_modules=recipe.lora.target_modules, use_dora=recipe.lora.use_dora, task_type="CAUSAL_LM")
+
+
+def load_base(base_path: Path, recipe: TrainingRecipe) -> Any:
+    """The base model as the method trains it: fp32 master weights, or 4-bit NF4 with double quantization."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    attention = {"attn_implementation": recipe.attn_implementation}
+    if recipe.method == "full":
+        # fp32 master weights; bf16 autocast (when the device has it) is the Trainer's job
+        return AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, **attention)
+    if recipe.method == "lora":
+        # A frozen LoRA base needs no fp32 master copy: on a bf16 GPU, bf16 halves its memory and the casts.
+        frozen_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.bfloat16 if frozen_bf16 else torch.float32, **attention)
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=compute)
+    model = AutoModelForCausalLM.from_pretrained(base_path, quantization_config=quantization, dtype=compute, **attention)
+    # casts norms to fp32 and enables input grads, so LoRA trains stably over frozen 4-bit weights
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.gradient_checkpointing)

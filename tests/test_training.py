@@ -1,0 +1,278 @@
+"""The training workload on the tiny model: methods, checkpoints, crash and resume, merge, monitoring."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.paths import PROJECT_ROOT
+from pipeline.recipe import TrainingRecipe
+from pipeline.training.checkpoints import COMPLETE_MARKER, latest_complete, write_marker
+from pipeline.training.methods import MethodUnavailable
+from pipeline.training.monitoring import loss_curve_png
+from pipeline.training.sft import train_sft
+from tests.conftest import tiny_recipe
+
+TRAIN = PROJECT_ROOT / "data/sample/chatml.jsonl"
+
+
+def canonical_train_file(folder: Path, limit: int = 64) -> Path:
+    """The first `limit` well-formed chatml sample records, as the training stage receives them."""
+    rows = []
+    for line in TRAIN.read_text().splitlines():
+        try:
+            messages = json.loads(line)["messages"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if isinstance(messages, list) and len(messages) >= 2:
+            rows.append({"messages": messages})
+    path = folder / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:limit]))
+    return path
+
+
+def training(model_dir: Path, **values) -> TrainingRecipe:
+    return tiny_recipe(model_dir, training=values).training
+
+
+def fake_checkpoint(root: Path, step: int, *, marker: bool = True, state: bool = True) -> Path:
+    folder = root / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    (folder / "adapter_model.safetensors").write_bytes(b"x")
+    if state:
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    if marker:
+        write_marker(folder, step)
+    return folder
+
+
+def test_latest_complete_checkpoint_skips_half_written_ones(tmp_path):
+    fake_checkpoint(tmp_path, 4)
+    fake_checkpoint(tmp_path, 6)
+    fake_checkpoint(tmp_path, 8, marker=False)  # killed before the Trainer finished writing it
+    fake_checkpoint(tmp_path, 10, state=False)
+    (fake_checkpoint(tmp_path, 12) / ".partial").touch()
+    fake_checkpoint(tmp_path, 14).rename(tmp_path / "checkpoint-14.partial")
+    assert latest_complete(tmp_path) == tmp_path / "checkpoint-6"
+
+
+def test_no_checkpoint_means_a_fresh_start(tmp_path):
+    assert latest_complete(tmp_path / "missing") is None
+    fake_checkpoint(tmp_path, 2, marker=False)
+    assert latest_complete(tmp_path) is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error path is for machines without a GPU")
+def test_qlora_without_a_gpu_fails_before_loading_anything(tmp_path):
+    recipe = TrainingRecipe(method="qlora")
+    # the base path does not exist: reaching the loader would raise a different error
+    with pytest.raises(MethodUnavailable, match="qlora needs a CUDA GPU"):
+        train_sft(tmp_path / "train.jsonl", tmp_path / "no-such-base", tmp_path / "out", recipe, lambda m, x: None)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error path is for machines without a GPU")
+def test_qlora_spec_fails_in_the_workload_with_the_reason(tmp_path):
+    spec = {"train_path": str(tmp_path / "t.jsonl"), "base_path": str(tmp_path / "b"), "output_dir": str(tmp_path / "o"),
+            "training": {"method": "qlora"}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    done = subprocess.run([sys.executable, "-m", "pipeline.training", "--spec", str(tmp_path / "spec.json")],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "MethodUnavailable" in done.stderr and "qlora needs a CUDA GPU" in done.stderr
+
+
+def test_killed_run_resumes_from_its_latest_checkpoint_and_ends_at_the_same_step(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    max_steps = 120
+    spec = {"train_path": str(canonical_train_file(tmp_path)), "base_path": str(tiny_model_dir), "output_dir": str(out),
+            "training": training(tiny_model_dir, max_steps=max_steps, save_steps=4, save_total_limit=2,
+                                 logging_steps=4, max_length=128, merge_adapter=False).model_dump()}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    command = [sys.executable, "-m", "pipeline.training", "--spec", str(tmp_path / "spec.json")]
+
+    first = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while latest_complete(out / "checkpoints") is None and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert first.returncode == -signal.SIGKILL, "the first attempt finished before it could be killed"
+    killed_at = latest_complete(out / "checkpoints")
+    assert killed_at is not None and not (out / "result.json").exists()
+
+    second = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    resumed = [line for line in second.stderr.splitlines() if "resuming from checkpoint-" in line]
+    assert resumed, second.stderr[-3000:]
+    step = int(resumed[0].split("resuming from checkpoint-")[1].split()[0])
+    assert 0 < step < max_steps and step >= int(killed_at.name.split("-")[1])
+    result = json.loads((out / "result.json").read_text())
+    assert result["global_step"] == max_steps
+    assert result["resumed_from"] == f"checkpoint-{step}"
+    assert len([p for p in (out / "checkpoints").iterdir() if p.name.startswith("checkpoint-")]) <= 2
+
+
+def test_lora_with_dora_saves_an_adapter_and_a_merged_model(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    recipe = training(tiny_model_dir, max_steps=2, lora={"use_dora": True})
+    reports = []
+    result = train_sft(canonical_train_file(tmp_path, 16), tiny_model_dir, tmp_path / "out", recipe,
+                       lambda m, x: reports.append((m, x)))
+    adapter_config = json.loads(Path(result.adapter_path, "adapter_config.json").read_text())
+    assert adapter_config["use_dora"] is True
+    assert result.weights_sha256 == result.adapter_sha256
+    merged = AutoModelForCausalLM.from_pretrained(result.model_path)
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    assert list(Path(result.model_path).glob("*.safetensors"))
+    metrics = [x for _, x in reports if "loss" in x]
+    assert metrics and {"learning_rate", "grad_norm", "tokens_per_second", "peak_memory_mb"} <= set(metrics[-1])
+    assert any(m.startswith("step 2/2") for m, _ in reports)
+
+
+def test_full_fine_tuning_saves_the_whole_model(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    recipe = training(tiny_model_dir, method="full", max_steps=2)
+    result = train_sft(canonical_train_file(tmp_path, 16), tiny_model_dir, tmp_path / "out", recipe, lambda m, x: None)
+    assert result.adapter_path is None and result.weights_sha256 == result.model_sha256
+    trained = load_file(Path(result.model_path, "model.safetensors"))
+    base = load_file(tiny_model_dir / "model.safetensors")
+    assert set(trained) == set(base)
+    assert any(not torch.equal(trained[k], base[k]) for k in base)
+
+
+def test_eval_slice_reports_eval_loss_and_early_stopping_stops(tiny_model_dir, tmp_path):
+    # a learning rate this high makes eval loss climb, so patience 1 stops long before max_steps
+    recipe = training(tiny_model_dir, max_steps=40, eval_examples=8, eval_steps=2, early_stopping_patience=1,
+                      learning_rate=0.5, merge_adapter=False)
+    result = train_sft(canonical_train_file(tmp_path, 40), tiny_model_dir, tmp_path / "out", recipe, lambda m, x: None)
+    evals = [h for h in result.log_history if "eval_loss" in h]
+    assert len(evals) >= 2 and result.global_step < 40
+    assert loss_curve_png(result.log_history).startswith(b"\x89PNG")
+
+
+def test_resume_marker_is_written_after_each_save(tiny_model_dir, tmp_path):
+    recipe = training(tiny_model_dir, max_steps=4, save_steps=2, merge_adapter=False)
+    train_sft(canonical_train_file(tmp_path, 16), tiny_model_dir, tmp_path / "out", recipe, lambda m, x: None)
+    checkpoints = sorted((tmp_path / "out/checkpoints").glob("checkpoint-*"))
+    assert [p.name for p in checkpoints] == ["checkpoint-2", "checkpoint-4"]
+    assert all((p / COMPLETE_MARKER).exists() for p in checkpoints)
+
+
+def test_evaluation_scores_a_fully_fine_tuned_model(tiny_model_dir, tmp_path):
+    from pipeline.evaluation.report import evaluate
+    from pipeline.recipe import EvaluationRecipe
+
+    recipe = training(tiny_model_dir, method="full", max_steps=2)
+    result = train_sft(canonical_train_file(tmp_path, 16), tiny_model_dir, tmp_path / "out", recipe, lambda m, x: None)
+    heldout = [{"id": str(i), "messages": json.loads(line)["messages"]}
+               for i, line in enumerate(canonical_train_file(tmp_path, 20).read_text().splitlines()[16:])]
+    report = evaluate(tiny_model_dir, Path(result.model_path), heldout, EvaluationRecipe(max_examples=4, max_new_tokens=3))
+    assert report["models"]["base"]["loss"] != report["models"]["candidate"]["loss"]
+
+
+def test_dpo_after_sft_lowers_the_dpo_loss(tiny_model_dir, tmp_path):
+    from pipeline.recipe import DpoRecipe
+    from pipeline.training.dpo import load_preferences, train_dpo
+
+    recipe = training(tiny_model_dir, max_steps=2, merge_adapter=False)
+    sft = train_sft(canonical_train_file(tmp_path, 16), tiny_model_dir, tmp_path / "sft", recipe, lambda m, x: None)
+    pairs = load_preferences(PROJECT_ROOT / "data/sample/preferences.jsonl")[:16]
+    dpo = DpoRecipe(enabled=True, beta=0.1, learning_rate=0.01, max_steps=12, batch_size=8, max_length=128, logging_steps=1)
+    result = train_dpo(pairs, tiny_model_dir, sft.to_dict(), tmp_path / "dpo", recipe, dpo, lambda m, x: None)
+    losses = [h["loss"] for h in result["log_history"] if "loss" in h]
+    # at the first step the policy is the reference (the SFT adapter), so the loss is ln 2
+    assert losses[0] == pytest.approx(0.6931, abs=1e-3)
+    assert sum(losses[-3:]) / 3 < losses[0] - 0.05
+    assert result["global_step"] == 12 and result["adapter_sha256"] != sft.adapter_sha256
+
+
+def test_preferences_of_held_out_families_are_dropped():
+    from pipeline.training.dpo import load_preferences
+
+    path = PROJECT_ROOT / "data/sample/preferences.jsonl"
+    families = {json.loads(line)["source"] for line in path.read_text().splitlines()}
+    held_out = set(sorted(families)[:5])
+    kept = load_preferences(path, exclude_groups=held_out)
+    everything = load_preferences(path)
+    dropped = sum(json.loads(line)["source"] in held_out for line in path.read_text().splitlines())
+    assert dropped > 0 and len(kept) == len(everything) - dropped
+
+
+def test_several_gpus_run_under_torchrun_with_the_shipped_configs():
+    from pipeline.training.distributed import CONFIGS, launch_command, trainer_args
+
+    assert launch_command("py", "s.json", 1) == ["py", "-m", "pipeline.training", "--spec", "s.json"]
+    command = launch_command("py", "s.json", 4)
+    assert command[:3] == ["py", "-m", "torch.distributed.run"] and "--nproc-per-node=4" in command
+    assert command[-4:] == ["-m", "pipeline.training", "--spec", "s.json"]
+    assert trainer_args("none") == {}
+    assert json.loads(CONFIGS["zero2"].read_text())["zero_optimization"]["stage"] == 2
+    assert json.loads(CONFIGS["zero3"].read_text())["zero_optimization"]["stage"] == 3
+    assert trainer_args("zero3") == {"deepspeed": str(CONFIGS["zero3"])}
+    from trl import SFTConfig  # FSDP's config is accepted by the Trainer as shipped
+
+    config = SFTConfig(output_dir="unused", use_cpu=True, report_to=[], **trainer_args("fsdp"))
+    assert config.fsdp_config["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]
+
+
+def test_dpo_after_full_fine_tuning_trains_the_full_model(tiny_model_dir, tmp_path):
+    from pipeline.recipe import DpoRecipe
+    from pipeline.training.dpo import load_preferences, train_dpo
+
+    recipe = training(tiny_model_dir, method="full", max_steps=1)
+    sft = train_sft(canonical_train_file(tmp_path, 8), tiny_model_dir, tmp_path / "sft", recipe, lambda m, x: None)
+    pairs = load_preferences(PROJECT_ROOT / "data/sample/preferences.jsonl")[:8]
+    dpo = DpoRecipe(enabled=True, max_steps=2, batch_size=4, max_length=128, learning_rate=0.01, logging_steps=1)
+    result = train_dpo(pairs, tiny_model_dir, sft.to_dict(), tmp_path / "dpo", recipe, dpo, lambda m, x: None)
+    assert result["adapter_path"] is None and result["global_step"] == 2
+    assert result["model_sha256"] != sft.model_sha256
+
+
+def test_checkpoints_mirrored_to_s3_restore_on_a_fresh_machine_without_half_uploads(tmp_path, monkeypatch):
+    import boto3
+    from moto import mock_aws
+
+    from pipeline.training.checkpoint_mirror import prune_remote, remote_checkpoints, restore_latest, upload_checkpoint
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    uri = "s3://models/runs/r1/sft/checkpoints"
+    with mock_aws():
+        boto3.client("s3").create_bucket(Bucket="models")
+        for step in (2, 4):
+            upload_checkpoint(fake_checkpoint(tmp_path / "pod-a", step), uri)
+        half = fake_checkpoint(tmp_path / "pod-a", 6)  # the pod died mid-upload: everything but the marker
+        boto3.client("s3").upload_file(str(half / "trainer_state.json"), "models", "runs/r1/sft/checkpoints/checkpoint-6/trainer_state.json")
+        restored = restore_latest(uri, tmp_path / "pod-b")
+        assert restored == tmp_path / "pod-b/checkpoint-4"
+        assert latest_complete(tmp_path / "pod-b") == restored
+        prune_remote(uri, keep={"checkpoint-4"})
+        assert set(remote_checkpoints(uri)) == {"checkpoint-4"}
+
+
+def test_training_with_a_checkpoint_uri_resumes_on_a_fresh_disk(tiny_model_dir, tmp_path, monkeypatch):
+    import boto3
+    from moto import mock_aws
+
+    from pipeline.training.checkpoint_mirror import remote_checkpoints
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    uri = "s3://models/runs/r2/sft/checkpoints"
+    train = canonical_train_file(tmp_path, 16)
+    with mock_aws():
+        boto3.client("s3").create_bucket(Bucket="models")
+        first = training(tiny_model_dir, max_steps=4, save_steps=2, merge_adapter=False)
+        train_sft(train, tiny_model_dir, tmp_path / "pod-a", first, lambda m, x: None, checkpoint_uri=uri)
+        assert set(remote_checkpoints(uri)) == {"checkpoint-2", "checkpoint-4"}
+        reports = []
+        again = train_sft(train, tiny_model_dir, tmp_path / "pod-b", training(tiny_model_dir, max_steps=6, save_steps=2,
+                          merge_adapter=False), lambda m, x: reports.append(m), checkpoint_uri=uri)
+    assert again.resumed_from == "checkpoint-4" and again.global_step == 6
+    assert any(m.startswith("resuming from checkpoint-4") for m in reports)
