@@ -28,7 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.curation.steps import read_sources  # noqa: E402
+from pipeline.curation.formats import MalformedRecord, normalise  # noqa: E402
+from pipeline.curation.readers import read_jsonl  # noqa: E402
+from pipeline.paths import resolve  # noqa: E402
 from pipeline.recipe import DataRecipe, TrainingRecipe  # noqa: E402
 
 CONFIGS = {
@@ -55,7 +57,14 @@ def build_model_dir(size: str, tokenizer_dir: Path, target: Path) -> int:
 
 
 def write_examples(path: Path, repeat: int) -> int:
-    records = read_sources(DataRecipe()).records
+    # Read and normalise only: the GPU machine has no curation dependencies, and the sample is clean enough.
+    records = []
+    for source in DataRecipe().sources:
+        for raw in read_jsonl(resolve(source.path)):
+            try:
+                records.append({"id": f"{raw.file}:{raw.line}", "messages": normalise(raw.value)[1]})
+            except (MalformedRecord, TypeError):
+                continue
     with open(path, "w") as f:
         for i in range(repeat):
             for r in records:
