@@ -49,6 +49,20 @@ def training_metadata(result: dict, registry: ModelRegistry) -> dict:
     return metadata
 
 
+def _launch(context: dg.AssetExecutionContext, stage: str, spec: dict, workdir: Path, bucket: Bucket,
+            launcher: TrainingLauncher) -> dict:
+    """Run one training stage; with a remote store, mirror checkpoints there and upload the weights it made."""
+    prefix = f"runs/{context.run_id}/{stage}"
+    if bucket.is_remote:  # checkpoints mirrored to the store, so a retry on another machine resumes
+        spec["checkpoint_uri"] = bucket.uri(f"{prefix}/checkpoints")
+    result = launcher.launch(context, spec, workdir)
+    if bucket.is_remote:
+        for key in ("adapter_path", "model_path"):
+            if result[key]:
+                result[key.replace("_path", "_uri")] = bucket.upload_dir(Path(result[key]), f"{prefix}/{Path(result[key]).name}")
+    return result
+
+
 @dg.asset(
     group_name="training",
     kinds={"pytorch", "mlflow"},
@@ -89,13 +103,7 @@ def sft_checkpoint(
                      "recipe.fingerprint": settings.fingerprint()},
         },
     }
-    if bucket.is_remote:  # checkpoints mirrored to the store, so a retry on another machine resumes
-        spec["checkpoint_uri"] = bucket.uri(f"runs/{context.run_id}/sft/checkpoints")
-    result = launcher.launch(context, spec, workdir)
-    if bucket.is_remote:
-        for key in ("adapter_path", "model_path"):
-            if result[key]:
-                result[key.replace("_path", "_uri")] = bucket.upload_dir(Path(result[key]), f"runs/{context.run_id}/sft/{Path(result[key]).name}")
+    result = _launch(context, "sft", spec, workdir, bucket, launcher)
     result["train_split_version"] = train_version
     metadata = training_metadata(result, registry)
     return dg.Output(result, data_version=dg.DataVersion(result["weights_sha256"]), metadata=metadata)
@@ -143,13 +151,7 @@ def dpo_checkpoint(
                      "recipe.fingerprint": settings.fingerprint()},
         },
     }
-    if bucket.is_remote:  # checkpoints mirrored to the store, so a retry on another machine resumes
-        spec["checkpoint_uri"] = bucket.uri(f"runs/{context.run_id}/dpo/checkpoints")
-    result = launcher.launch(context, spec, workdir)
-    if bucket.is_remote:
-        for key in ("adapter_path", "model_path"):
-            if result[key]:
-                result[key.replace("_path", "_uri")] = bucket.upload_dir(Path(result[key]), f"runs/{context.run_id}/dpo/{Path(result[key]).name}")
+    result = _launch(context, "dpo", spec, workdir, bucket, launcher)
     result.update(dpo_skipped=False, train_split_version=sft_checkpoint["train_split_version"],
                   sft_weights_sha256=sft_checkpoint["weights_sha256"])
     metadata = {"stage": "dpo", "dpo_skipped": False, **training_metadata(result, registry)}
