@@ -13,7 +13,7 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from pipeline.curation.near_dup import NearDupConfig, NearDupResult, datatrove_config, record_text
+from pipeline.curation.near_dup import NearDupConfig, NearDupResult, datatrove_config, keep_first_of_clusters, record_text
 from pipeline.curation.records import Record
 
 
@@ -48,11 +48,4 @@ def drop_near_duplicates_with_datatrove(records: list[Record], config: NearDupCo
     """Same contract as `drop_near_duplicates`: the earliest record of each cluster is kept."""
     with tempfile.TemporaryDirectory(prefix="minhash-") as tmp:
         clusters = minhash_clusters_with_datatrove([record_text(r) for r in records], config, Path(tmp))
-    root_of = {i: root for root, members in clusters.items() for i in members}
-    drop = {i for members in clusters.values() for i in members[1:]}
-    return NearDupResult(
-        kept=[r for i, r in enumerate(records) if i not in drop],
-        dropped=[({**r, "meta": {**r["meta"], "near_duplicate_of": records[root_of[i]]["id"]}}, "near_duplicate")
-                 for i, r in enumerate(records) if i in drop],
-        clusters=[[records[i]["id"] for i in members] for _, members in sorted(clusters.items())],
-    )
+    return keep_first_of_clusters(records, clusters)

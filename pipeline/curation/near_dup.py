@@ -119,6 +119,12 @@ def drop_near_duplicates(records: list[Record], config: NearDupConfig) -> NearDu
     index = MinhashIndex(config)
     sigs = index.signatures([record_text(r) for r in records])
     clusters = _clusters(len(records), index.similar_pairs(sigs, range(len(records))))
+    return keep_first_of_clusters(records, clusters)
+
+
+def keep_first_of_clusters(records: list[Record], clusters: dict[int, list[int]]) -> NearDupResult:
+    """Clusters of record indexes (root -> members, earliest first) to kept and dropped records; each drop
+    names the record it duplicates."""
     root_of = {i: root for root, members in clusters.items() for i in members}
     drop = {i for members in clusters.values() for i in members[1:]}
     return NearDupResult(

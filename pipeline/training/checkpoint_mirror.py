@@ -84,3 +84,14 @@ def mirror_callback(uri: str):
                 prune_remote(uri, {p.name for p in Path(args.output_dir).iterdir() if is_complete(p)})
 
     return CheckpointMirror()
+
+
+def resume_point(checkpoint_dir: Path, uri: str | None, report) -> Path | None:
+    """The checkpoint a retried attempt continues from: restored from the store first when mirrored, then the
+    latest complete one on disk; says so through `report(message, metrics)`."""
+    if uri:
+        restore_latest(uri, checkpoint_dir)
+    resume = latest_complete(checkpoint_dir)
+    if resume is not None:
+        report(f"resuming from {resume.name} (a previous attempt's latest complete checkpoint)", {})
+    return resume

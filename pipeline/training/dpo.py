@@ -52,8 +52,8 @@ def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any],
     from trl import DPOConfig, DPOTrainer
 
     from pipeline.models.base_model import file_sha256, weights_sha256
-    from pipeline.training.checkpoint_mirror import mirror_callback, restore_latest
-    from pipeline.training.checkpoints import latest_complete, marker_callback
+    from pipeline.training.checkpoint_mirror import mirror_callback, resume_point
+    from pipeline.training.checkpoints import marker_callback
     from pipeline.training.distributed import trainer_args
     from pipeline.training.methods import check_method_runs_here
     from pipeline.training.sft import _device_flags, merge_adapter
@@ -89,11 +89,7 @@ def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any],
                          callbacks=[reporting_callback(reporter), marker_callback()]
                          + ([mirror_callback(checkpoint_uri)] if checkpoint_uri else []))
     trainer.remove_callback(PrinterCallback)
-    if checkpoint_uri:
-        restore_latest(checkpoint_uri, checkpoint_dir)
-    resume = latest_complete(checkpoint_dir)
-    if resume is not None:
-        reporter(f"resuming from {resume.name} (a previous attempt's latest complete checkpoint)", {})
+    resume = resume_point(checkpoint_dir, checkpoint_uri, reporter)
     started = time.monotonic()
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     runtime = time.monotonic() - started

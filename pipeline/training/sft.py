@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.recipe import TrainingRecipe
-from pipeline.training.checkpoint_mirror import mirror_callback, restore_latest
+from pipeline.training.checkpoint_mirror import mirror_callback, resume_point
 from pipeline.training.distributed import trainer_args
-from pipeline.training.checkpoints import latest_complete, marker_callback
+from pipeline.training.checkpoints import marker_callback
 from pipeline.training.methods import check_method_runs_here, load_base, peft_config
 from pipeline.training.monitoring import Reporter, early_stopping_callback, peak_memory_mb, reporting_callback
 
@@ -145,11 +145,7 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
                          processing_class=tokenizer, peft_config=peft_config(recipe), callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # progress goes through the reporter, not raw dicts on stdout
 
-    if checkpoint_uri:
-        restore_latest(checkpoint_uri, checkpoint_dir)
-    resume = latest_complete(checkpoint_dir)
-    if resume is not None:
-        reporter(f"resuming from {resume.name} (a previous attempt's latest complete checkpoint)", {})
+    resume = resume_point(checkpoint_dir, checkpoint_uri, reporter)
     started = time.monotonic()
     train_loss = None
     if recipe.max_steps != 0:  # zero steps: save the untouched adapter (B = 0), identical to the base
