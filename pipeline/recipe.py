@@ -119,11 +119,17 @@ class TrainingRecipe(_Section):
     lora: LoraRecipe = Field(default_factory=LoraRecipe)
     epochs: float = Field(1.0, gt=0, description="Passes over the training split.")
     max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps; -1 means run all epochs, 0 trains nothing.")
-    learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate (cosine decay after warmup).")
+    learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate, reached after warmup.")
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = Field(
+        "cosine", description="How the learning rate decays after warmup.")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming the learning rate up.")
     batch_size: int = Field(4, gt=0, description="Rows per device per step (packed rows of max_length tokens when packing).")
     gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
     packing: bool = Field(True, description="Pack examples into max_length rows (padding-free); attention stays within each example.")
+    padding_free: bool = Field(
+        False, description="Without packing: flatten each batch of batch_size examples into one row with no padding, "
+        "so a step sees the same examples as padded batches would (attention stays within each example). Examples "
+        "longer than max_length are an error rather than cut, as the curation stage's token-length filter bounds them.")
     max_length: int = Field(384, gt=16, description="Tokens per example; longer examples are truncated.")
     attn_implementation: Literal["sdpa", "flex_attention", "eager"] = Field(
         "sdpa", description="Attention kernel. flex_attention keeps packed rows block-sparse on GPU; sdpa suits CPU and short rows.")

@@ -148,6 +148,25 @@ def test_full_fine_tuning_saves_the_whole_model(tiny_model_dir, tmp_path):
     assert any(not torch.equal(trained[k], base[k]) for k in base)
 
 
+def test_padding_free_batches_see_the_same_examples_and_loss_as_padded_ones(tiny_model_dir, tmp_path):
+    # one flattened row per batch must attend within each example only: then its loss equals the padded batch's
+    train = canonical_train_file(tmp_path, 16)
+    losses = {}
+    for padding_free in (False, True):
+        recipe = training(tiny_model_dir, max_steps=3, batch_size=4, max_length=512, packing=False, padding_free=padding_free,
+                          logging_steps=1, lora={"dropout": 0.0}, merge_adapter=False)
+        result = train_sft(train, tiny_model_dir, tmp_path / f"out-{padding_free}", recipe, lambda m, x: None)
+        losses[padding_free] = [h["loss"] for h in result.log_history if "loss" in h]
+    assert len(losses[True]) == 3
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3)
+
+
+def test_padding_free_refuses_examples_longer_than_max_length(tiny_model_dir, tmp_path):
+    recipe = training(tiny_model_dir, max_steps=1, packing=False, padding_free=True, max_length=24)
+    with pytest.raises(ValueError, match="longer than training.max_length=24"):
+        train_sft(canonical_train_file(tmp_path, 8), tiny_model_dir, tmp_path / "out", recipe, lambda m, x: None)
+
+
 def test_eval_slice_reports_eval_loss_and_early_stopping_stops(tiny_model_dir, tmp_path):
     # a learning rate this high makes eval loss climb, so patience 1 stops long before max_steps
     recipe = training(tiny_model_dir, max_steps=40, eval_examples=8, eval_steps=2, early_stopping_patience=1,
@@ -221,6 +240,25 @@ def test_several_gpus_run_under_torchrun_with_the_shipped_configs():
 
     config = SFTConfig(output_dir="unused", use_cpu=True, report_to=[], **trainer_args("fsdp"))
     assert config.fsdp_config["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]
+
+
+def test_two_processes_under_torchrun_train_one_model_and_report_once(tiny_model_dir, tmp_path):
+    # the launcher's multi-process path on CPU (gloo, data parallel): FSDP and ZeRO need GPUs, see bench/
+    import os
+
+    from pipeline.training.distributed import launch_command
+
+    out = tmp_path / "run"
+    spec = {"train_path": str(canonical_train_file(tmp_path, 32)), "base_path": str(tiny_model_dir), "output_dir": str(out),
+            "training": training(tiny_model_dir, max_steps=4, batch_size=2, logging_steps=1).model_dump()}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    run = subprocess.run(launch_command(sys.executable, str(tmp_path / "spec.json"), 2), cwd=PROJECT_ROOT,
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert sum(" step 1/4 " in line for line in run.stderr.splitlines()) == 1  # rank 0 alone reports
+    result = json.loads((out / "result.json").read_text())
+    assert result["global_step"] == 4 and Path(result["adapter_path"], "adapter_model.safetensors").exists()
+    assert Path(result["model_path"], "model.safetensors").exists()
 
 
 def test_dpo_after_full_fine_tuning_trains_the_full_model(tiny_model_dir, tmp_path):

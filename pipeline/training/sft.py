@@ -69,6 +69,20 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def _unpacked_padding_free(recipe: TrainingRecipe) -> bool:
+    return recipe.padding_free and not recipe.packing
+
+
+def check_lengths(dataset: Any, max_length: int) -> None:
+    """Padding-free batches keep every token, so an overlong example is an error to fix upstream, not a silent cut."""
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    too_long = sum(n > max_length for n in lengths)
+    if too_long:
+        raise ValueError(f"{too_long} of {len(lengths)} training examples are longer than training.max_length="
+                         f"{max_length} tokens (longest {max(lengths)}); padding-free training does not truncate. "
+                         "Lower data.quality.max_tokens or raise training.max_length.")
+
+
 def merge_adapter(base_path: Path, adapter_dir: Path, target: Path) -> Path:
     """Fold the adapter into a full-precision copy of the base and save it as safetensors, for servers without adapters."""
     import torch
@@ -111,15 +125,17 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
         num_train_epochs=recipe.epochs,
         max_steps=max(recipe.max_steps, 1) if recipe.max_steps >= 0 else -1,
         learning_rate=recipe.learning_rate,
-        lr_scheduler_type="cosine",
+        lr_scheduler_type=recipe.lr_scheduler,
         warmup_steps=recipe.warmup_ratio,  # transformers 5 reads a value below 1 as a ratio
         per_device_train_batch_size=recipe.batch_size,
         per_device_eval_batch_size=recipe.batch_size,
         gradient_accumulation_steps=recipe.gradient_accumulation_steps,
         gradient_checkpointing=recipe.gradient_checkpointing,
-        max_length=recipe.max_length,
+        # padding-free batches are not cut by TRL; their lengths are checked after tokenisation instead
+        max_length=None if _unpacked_padding_free(recipe) else recipe.max_length,
         completion_only_loss=True,
         packing=recipe.packing,  # best-fit packing; transformers keeps attention inside each example via position_ids
+        padding_free=recipe.padding_free,
         logging_steps=recipe.logging_steps,
         save_strategy="steps",
         save_steps=recipe.save_steps,
@@ -144,6 +160,8 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
                          eval_dataset=Dataset.from_list(eval_rows) if evaluating else None,
                          processing_class=tokenizer, peft_config=peft_config(recipe), callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # progress goes through the reporter, not raw dicts on stdout
+    if _unpacked_padding_free(recipe):
+        check_lengths(trainer.train_dataset, recipe.max_length)
 
     resume = resume_point(checkpoint_dir, checkpoint_uri, reporter)
     started = time.monotonic()
