@@ -5,14 +5,19 @@ Both train the same randomly initialised Llama-shaped model on the same real Deb
 
 - baseline: transformers `Trainer`, PEFT LoRA (or full), batch 16 padded to the longest example, no packing,
   no special kernels: what a first script looks like.
-- ours: `pipeline.training.sft.train_sft` with the recipe given (packing into long rows, padding-free
-  attention, TRL's chunked LM head).
+- ours: `pipeline.training.sft.train_sft`. By default with the baseline's hyperparameters (the same 16
+  examples per optimizer step, learning rate, linear schedule, LoRA r=16/alpha=32/no dropout on all linear
+  layers) but padding-free batches and Liger's kernels, so both make the same optimizer steps and their loss
+  curves can be compared point by point. `--ours` overrides that recipe, one run per JSON object (e.g.
+  packed 2048-token rows for throughput at a larger batch).
 
-Reported per run: real (non-padding) tokens/s, peak GPU memory, MFU and the loss at the end. MFU counts
-model FLOPs per real token: 6N for full fine-tuning, 4N for LoRA (no weight gradients for the frozen base),
-plus attention (12 * layers * hidden * mean sequence length), over the GPU's dense bf16 peak.
+Reported per run: real (non-padding) tokens/s, peak GPU memory, MFU, the loss at the end and, for runs with
+as many steps as the baseline, the gap between the two loss curves. MFU counts model FLOPs per real token:
+6N for full fine-tuning, 4N for LoRA (no weight gradients for the frozen base), plus attention
+(12 * layers * hidden * mean sequence length), over the GPU's dense bf16 peak. `--profile N` profiles N
+steps of each run (from step 20) and prints where a step's time goes.
 
-    python bench/gpu_training.py --model 1b --method lora --out bench/out/lora.json
+    python bench/gpu_training.py --model 1b --method lora --profile 3 --out bench/out/lora.json
     python bench/gpu_training.py --model tiny --method lora   # CPU smoke run in seconds
 """
 
@@ -99,7 +104,69 @@ def flops_per_token(params: int, size: str, method: str, mean_len: float) -> flo
     return (6 if method == "full" else 4) * params + attention
 
 
-def run_baseline(model_dir: Path, train_path: Path, method: str, batch_size: int, out_dir: Path) -> dict:
+def profile_callback(label: str, steps: int, first_step: int = 20):
+    """Profiles `steps` optimizer steps and prints wall time per step, GPU kernel time per step and the top kernels."""
+    import torch
+    from transformers import TrainerCallback
+
+    class ProfileSteps(TrainerCallback):
+        def __init__(self) -> None:
+            self.profiler = None
+            self.started = 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == first_step and self.profiler is None:
+                _sync()
+                activities = [torch.profiler.ProfilerActivity.CPU]
+                if torch.cuda.is_available():
+                    activities.append(torch.profiler.ProfilerActivity.CUDA)
+                self.profiler = torch.profiler.profile(activities=activities)
+                self.profiler.__enter__()
+                self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.profiler is not None and state.global_step == first_step + steps:
+                _sync()
+                wall_ms = (time.perf_counter() - self.started) * 1e3 / steps
+                self.profiler.__exit__(None, None, None)
+                events = self.profiler.key_averages()
+                gpu_ms = sum(e.self_device_time_total for e in events) / 1e3 / steps
+                print(f"\n[{label}] {wall_ms:.1f} ms per step, GPU kernels busy {gpu_ms:.1f} ms per step "
+                      f"({gpu_ms / wall_ms:.0%})")
+                print(events.table(sort_by="self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total",
+                                   row_limit=12, max_name_column_width=60))
+                self.profiler = None
+
+    return ProfileSteps()
+
+
+def step_clock():
+    """Step end times, for the steady-state rate after warm-up (compilation, cuDNN plans, allocator growth)."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append(time.perf_counter())
+
+        def steady_steps_per_s(self) -> float:
+            warm = len(self.times) // 5  # the first fifth of the run is warm-up
+            return (len(self.times) - 1 - warm) / (self.times[-1] - self.times[warm]) if len(self.times) > warm + 1 else math.nan
+
+    return StepClock()
+
+
+def loss_gap(base: list[float], ours: list[float]) -> dict | None:
+    """Mean and largest relative gap between two loss curves logged at the same steps."""
+    if not base or len(base) != len(ours):
+        return None
+    gaps = [abs(o - b) / b for b, o in zip(base, ours)]
+    return {"mean_relative_gap": sum(gaps) / len(gaps), "max_relative_gap": max(gaps), "points": len(gaps)}
+
+
+def run_baseline(model_dir: Path, train_path: Path, method: str, batch_size: int, out_dir: Path, profile: int) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
@@ -112,14 +179,17 @@ def run_baseline(model_dir: Path, train_path: Path, method: str, batch_size: int
         full = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"][:1024]
         rows.append({"input_ids": full, "attention_mask": [1] * len(full), "labels": [-100] * len(prompt) + full[len(prompt):]})
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
+    torch.manual_seed(42)  # the adapter's initial A as in our run, which seeds before building it
     if method == "lora":
         model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
     args = TrainingArguments(output_dir=str(out_dir), per_device_train_batch_size=batch_size, num_train_epochs=1,
                              learning_rate=2e-4 if method == "lora" else 2e-5, logging_steps=10,
                              save_strategy="no", report_to=[], seed=42, disable_tqdm=True,
                              use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available())
+    clock = step_clock()
     trainer = Trainer(model=model, args=args, train_dataset=rows,
-                      data_collator=DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100))
+                      data_collator=DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100),
+                      callbacks=[clock] + ([profile_callback("baseline", profile)] if profile else []))
     _reset_memory()
     start = time.perf_counter()
     trainer.train()
@@ -128,11 +198,12 @@ def run_baseline(model_dir: Path, train_path: Path, method: str, batch_size: int
     real_tokens = sum(len(r["input_ids"]) for r in rows)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"seconds": seconds, "real_tokens": real_tokens, "steps": trainer.state.global_step,
+            "steady_steps_per_s": clock.steady_steps_per_s(),
             "peak_gib": _peak_gib(), "final_loss": sum(losses[-3:]) / len(losses[-3:]),
             "mean_len": real_tokens / len(rows), "losses": losses}
 
 
-def run_ours(model_dir: Path, train_path: Path, recipe: TrainingRecipe, out_dir: Path) -> dict:
+def run_ours(model_dir: Path, train_path: Path, recipe: TrainingRecipe, out_dir: Path, label: str, profile: int) -> dict:
     import torch
 
     from pipeline.training.sft import train_sft
@@ -145,10 +216,12 @@ def run_ours(model_dir: Path, train_path: Path, recipe: TrainingRecipe, out_dir:
             losses.append(metrics["loss"])
 
     start = time.perf_counter()
-    result = train_sft(train_path, model_dir, out_dir, recipe, report)
+    clock = step_clock()
+    result = train_sft(train_path, model_dir, out_dir, recipe, report,
+                       extra_callbacks=[clock] + ([profile_callback(label, profile)] if profile else []))
     seconds = time.perf_counter() - start
     return {"seconds": result.train_runtime_s, "wall_with_setup_s": seconds, "real_tokens": result.tokens_seen,
-            "steps": result.global_step, "peak_gib": _peak_gib(),
+            "steps": result.global_step, "steady_steps_per_s": clock.steady_steps_per_s(), "peak_gib": _peak_gib(),
             "final_loss": sum(losses[-3:]) / max(len(losses[-3:]), 1), "losses": losses}
 
 
@@ -159,6 +232,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=8, help="passes of the sample in the one epoch")
     parser.add_argument("--batch-size", type=int, default=16, help="baseline examples per step")
     parser.add_argument("--ours", nargs="+", default=["{}"], help="JSON overrides of our TrainingRecipe, one run each")
+    parser.add_argument("--profile", type=int, default=0, help="profile this many steps of each run (0: off)")
     parser.add_argument("--tokenizer", type=Path, default=Path(".bench_assets/smollm2"))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -171,33 +245,60 @@ def main() -> None:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu), None)
 
-    defaults = {"method": args.method, "batch_size": 4, "max_length": 2048, "packing": True, "logging_steps": 10, "epochs": 1,
-                "learning_rate": 2e-4 if args.method == "lora" else 2e-5, "attn_implementation": "flex_attention"}
-    recipes = [TrainingRecipe.model_validate({**defaults, **json.loads(o)}) for o in args.ours]
-    results = {"baseline": run_baseline(work / "model", work / "train.jsonl", args.method, args.batch_size, work / "baseline")}
+    # the baseline's hyperparameters (Trainer and LoraConfig defaults), so the two runs make the same steps
+    defaults = {"method": args.method, "batch_size": args.batch_size, "max_length": 1024, "packing": False,
+                "padding_free": True, "attn_implementation": "sdpa", "logging_steps": 10, "epochs": 1,
+                "learning_rate": 2e-4 if args.method == "lora" else 2e-5, "lr_scheduler": "linear", "warmup_ratio": 0,
+                "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
+                "save_steps": 10**6, "merge_adapter": False}  # the baseline saves nothing either
+    overrides = [json.loads(o) for o in args.ours]
+    # "_cudnn_sdp": false runs that variant with cuDNN attention off (SDPA then picks flash or mem-efficient)
+    cudnn_sdp = [o.pop("_cudnn_sdp", True) for o in overrides]
+    recipes = [TrainingRecipe.model_validate({**defaults, **o}) for o in overrides]
+    results = {"baseline": run_baseline(work / "model", work / "train.jsonl", args.method, args.batch_size,
+                                        work / "baseline", args.profile)}
+    summarise(results, args, params, examples, gpu, peak, recipes, cudnn_sdp)
     for i, recipe in enumerate(recipes):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        torch.backends.cuda.enable_cudnn_sdp(cudnn_sdp[i])
         try:
-            results[f"ours{i}"] = run_ours(work / "model", work / "train.jsonl", recipe, work / f"ours{i}")
+            results[f"ours{i}"] = run_ours(work / "model", work / "train.jsonl", recipe, work / f"ours{i}", f"ours{i}", args.profile)
         except Exception as e:  # one variant failing (OOM, a kernel missing) must not hide the others
             print(f"ours{i} failed: {type(e).__name__}: {str(e)[:300]}")
+        summarise(results, args, params, examples, gpu, peak, recipes, cudnn_sdp)
 
-    mean_len = results["baseline"]["mean_len"]
+
+def summarise(results: dict, args, params: int, examples: int, gpu: str, peak: float | None, recipes: list,
+              cudnn_sdp: list) -> None:
+    """Print the table and the ratios to the baseline; write the JSON (called after every run, so a run cut off
+    by a time limit still leaves what it finished)."""
+    base = results["baseline"]
+    mean_len = base["mean_len"]
     print(f"\n{args.model} ({params / 1e6:.0f}M params), {args.method}, {examples} examples, mean {mean_len:.0f} tokens, on {gpu}")
-    print(f"{'run':9} {'steps':>6} {'tokens/s':>10} {'peak GiB':>9} {'MFU':>6} {'final loss':>10}")
+    print(f"{'run':9} {'steps':>6} {'tokens/s':>10} {'steady':>10} {'peak GiB':>9} {'MFU':>6} {'steady MFU':>10} {'final loss':>10}")
     for name, r in results.items():
         r["tokens_per_s"] = r["real_tokens"] / r["seconds"]
-        r["mfu"] = r["tokens_per_s"] * flops_per_token(params, args.model, args.method, mean_len) / (peak * 1e12) if peak else math.nan
-        print(f"{name:9} {r['steps']:>6} {r['tokens_per_s']:>10.0f} {r['peak_gib']:>9.2f} {r['mfu']:>6.1%} {r['final_loss']:>10.3f}")
-    base = results["baseline"]
+        # every run sees the same tokens on average per step, so the steady step rate converts to tokens/s
+        r["steady_tokens_per_s"] = r["steady_steps_per_s"] * r["real_tokens"] / r["steps"]
+        per_token = flops_per_token(params, args.model, args.method, mean_len) / (peak * 1e12) if peak else math.nan
+        r["mfu"], r["steady_mfu"] = r["tokens_per_s"] * per_token, r["steady_tokens_per_s"] * per_token
+        print(f"{name:9} {r['steps']:>6} {r['tokens_per_s']:>10.0f} {r['steady_tokens_per_s']:>10.0f} {r['peak_gib']:>9.2f} "
+              f"{r['mfu']:>6.1%} {r['steady_mfu']:>10.1%} {r['final_loss']:>10.3f}")
     for name, r in results.items():
         if name != "baseline":
-            print(f"{name} / baseline: tokens/s {r['tokens_per_s'] / base['tokens_per_s']:.2f}x, peak memory {r['peak_gib'] / base['peak_gib']:.2f}x")
+            r["loss_gap"] = loss_gap(base["losses"], r["losses"]) if r["steps"] == base["steps"] else None
+            gap = (f", loss curves {r['loss_gap']['mean_relative_gap']:.1%} apart on average (at most "
+                   f"{r['loss_gap']['max_relative_gap']:.1%}) over {r['loss_gap']['points']} points") if r["loss_gap"] else \
+                f", loss curves not comparable ({r['steps']} steps against {base['steps']})"
+            print(f"{name} / baseline: tokens/s {r['tokens_per_s'] / base['tokens_per_s']:.2f}x (steady "
+                  f"{r['steady_tokens_per_s'] / base['steady_tokens_per_s']:.2f}x), "
+                  f"peak memory {r['peak_gib'] / base['peak_gib']:.2f}x{gap}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"model": args.model, "params": params, "method": args.method, "gpu": gpu,
-                                        "examples": examples, "recipes": [r.model_dump() for r in recipes], **results}, indent=2))
+                                        "examples": examples, "recipes": [r.model_dump() for r in recipes],
+                                        "cudnn_sdp": cudnn_sdp, "command": " ".join(sys.argv), **results}, indent=2))
 
 
 if __name__ == "__main__":

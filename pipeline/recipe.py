@@ -138,6 +138,10 @@ class TrainingRecipe(_Section):
     save_steps: int = Field(50, gt=0, description="Write a resumable checkpoint every this many optimizer steps.")
     save_total_limit: int = Field(
         2, ge=2, description="Checkpoints kept; at least 2, so a crash while writing one still leaves a complete one.")
+    liger_kernels: bool = Field(True, description="On a GPU, use Liger's fused RMSNorm/RoPE/SwiGLU/cross-entropy kernels "
+                                "when the liger-kernel package is installed (less memory, fewer kernel launches).")
+    torch_compile: bool = Field(False, description="Compile the model with torch.compile (inductor, dynamic shapes): "
+                                "fused kernels and far fewer launches per step, after a compile of a minute or so.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less memory, ~30% more compute.")
     merge_adapter: bool = Field(True, description="Also save base + adapter folded into one safetensors model, for servers without adapters.")
     eval_examples: int = Field(0, ge=0, description="Train examples held back as an eval slice for eval loss and early stopping; 0 turns both off.")

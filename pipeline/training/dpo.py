@@ -56,7 +56,7 @@ def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any],
     from pipeline.training.checkpoints import marker_callback
     from pipeline.training.distributed import trainer_args
     from pipeline.training.methods import check_method_runs_here
-    from pipeline.training.sft import _device_flags, merge_adapter
+    from pipeline.training.sft import device_flags, merge_adapter
 
     check_method_runs_here(training)
     set_seed(training.seed)
@@ -82,7 +82,7 @@ def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any],
         data_seed=training.seed,
         dataloader_num_workers=0,
         disable_tqdm=True,
-        **_device_flags(),
+        **device_flags(training),
         **trainer_args(training.distributed),
     )
     trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer,
