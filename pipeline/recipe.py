@@ -30,18 +30,30 @@ class SourceSpec(_Section):
 
 
 class NearDupRecipe(_Section):
-    shingle_size: int = Field(2, gt=0, description="Words per MinHash shingle (after datatrove's text normalisation, "
-                              "which drops case and punctuation). Small shingles tolerate word edits.")
-    bands: int = Field(14, gt=0, description="LSH bands; two records become candidates when any band matches.")
-    rows: int = Field(8, gt=0, description="Min-hashes per band; bands x rows is the signature length.")
-    threshold: float = Field(0.8, gt=0, le=1, description="Estimated Jaccard similarity at or above which a "
-                             "candidate pair counts as near-duplicate.")
+    shingle_size: int = Field(1, gt=0, description="Words per MinHash shingle (after datatrove's text normalisation, "
+                              "which drops case and punctuation). Shingles only find candidates; small ones keep "
+                              "edited copies in a shared band.")
+    bands: int = Field(32, gt=0, description="LSH bands; two records become candidates when any band matches.")
+    rows: int = Field(4, gt=0, description="Min-hashes per band; bands x rows is the signature length. Few rows and many "
+                      "bands catch pairs well below the threshold, which the similarity check then decides.")
+    similarity: Literal["edit", "jaccard"] = Field(
+        "edit", description="How a candidate pair is verified. `edit`: normalised word-level Levenshtein similarity of "
+        "the normalised words (1 - word edits / longer length), which is what an edit rate means. `jaccard`: the "
+        "signatures' estimated Jaccard similarity of the shingles (then use shingle_size 2 or more).")
+    threshold: float = Field(0.8, gt=0, le=1, description="Similarity at or above which a candidate pair counts as "
+                             "near-duplicate.")
+    min_answer_similarity: float = Field(0.7, ge=0, le=1, description="A similar pair is a near-duplicate only when "
+                                         "its assistant turns are also at least this similar (word edit similarity): "
+                                         "records sharing a boilerplate prompt but answering differently (Rust crate "
+                                         "sources, one per crate) teach different things and are kept. 0: off.")
+    max_candidates: int = Field(50, gt=0, description="Records an LSH bucket holds and a record is verified against "
+                                "(most shared bands first); bounds the pairs a boilerplate family costs.")
     seed: int = Field(1, description="Seed of the MinHash permutations.")
     engine: Literal["in_process", "datatrove"] = Field(
         "in_process", description="`in_process`: datatrove's shingles and signatures on the records in memory, LSH "
-        "candidates confirmed by estimated similarity (fast at this size, threshold exact). `datatrove`: datatrove's "
-        "file-based four-stage pipeline under its LocalPipelineExecutor (no similarity check; the bands x rows "
-        "S-curve is the threshold), the form that scales out.")
+        "candidates verified by `similarity` (fast at this size, threshold exact). `datatrove`: datatrove's "
+        "file-based four-stage pipeline (no similarity check: every pair sharing a band is a duplicate, so set "
+        "bands x rows for the threshold, e.g. shingle_size 2, 14 x 8), the form that scales out.")
 
 
 class QualityRecipe(_Section):

@@ -82,6 +82,66 @@ def test_lightly_edited_copies_are_near_duplicates_and_the_first_is_kept():
     assert result.clusters == [[text, edited]]
 
 
+def _substitute(text: str, positions: range, word: str = "edited") -> str:
+    words = text.split()
+    for i in positions:
+        words[i] = f"{word}{i}"
+    return " ".join(words)
+
+
+def test_a_copy_with_nine_percent_word_edits_is_a_near_duplicate():
+    text = _words(100, seed=3)
+    words = text.split()
+    words[10], words[11] = words[11], words[10]  # a swap: two word edits
+    edited = _substitute(" ".join(words), range(40, 47)) + " inserted"  # seven substitutions and an insertion
+    result = drop_near_duplicates([_record(text), _record(edited)], NearDupRecipe())
+    assert result.clusters == [[text, edited]]
+
+
+def test_a_copy_below_the_edit_similarity_threshold_is_kept():
+    text = _words(100, seed=3)
+    edited = _substitute(text, range(0, 100, 4))  # a quarter of the words changed: similarity 0.75
+    assert len(drop_near_duplicates([_record(text), _record(edited)], NearDupRecipe()).kept) == 2
+
+
+def test_a_record_similar_only_to_a_dropped_record_is_kept():
+    first = _words(100, seed=4)
+    second = _substitute(first, range(0, 30, 2))  # 0.85 to first
+    third = _substitute(second, range(1, 31, 2), "again")  # 0.85 to second, 0.70 to first
+    result = drop_near_duplicates([_record(first), _record(second), _record(third)], NearDupRecipe())
+    assert [r["id"] for r in result.kept] == [first, third]
+    assert result.dropped[0][0]["meta"]["near_duplicate_of"] == first
+
+
+def test_records_sharing_a_long_prompt_but_answering_differently_are_kept():
+    prompt = "Write the one-line summary of this Debian package from its description. " + _words(40, seed=5)
+    records = [_record(prompt, "Convert number to enum - Rust source code"),
+               _record(prompt.replace("alpha", "beta"), "Safe interop between Rust and C++ - Rust source code")]
+    assert len(drop_near_duplicates(records, NearDupRecipe()).kept) == 2
+    assert len(drop_near_duplicates(records, NearDupRecipe(min_answer_similarity=0)).kept) == 1
+
+
+def test_jaccard_measure_confirms_candidates_by_estimated_shingle_similarity():
+    text = _words(120, seed=1)
+    edited = text.replace(text.split()[10], "changed", 1) + " extra."
+    config = NearDupRecipe(similarity="jaccard", shingle_size=2, bands=14, rows=8)
+    records = [_record(text), _record(_words(120, seed=2)), _record(edited)]
+    assert drop_near_duplicates(records, config).clusters == [[text, edited]]
+
+
+def test_a_boilerplate_family_costs_at_most_max_candidates_checks_per_record(monkeypatch):
+    from pipeline.curation.near_dup import MinhashIndex
+
+    calls = []
+    similarity = MinhashIndex.similarity
+    monkeypatch.setattr(MinhashIndex, "similarity", lambda self, a, b: calls.append((a, b)) or similarity(self, a, b))
+    prompt = _words(60, seed=6)
+    records = [_record(prompt, f"answer number {i} " + _words(6, seed=100 + i)) for i in range(200)]
+    result = drop_near_duplicates(records, NearDupRecipe(max_candidates=5))
+    assert len(result.kept) == 200  # same prompt, different answers
+    assert len(calls) <= 5 * len(records)
+
+
 def test_unrelated_texts_sharing_boilerplate_are_kept():
     boiler = "This package contains the source for the Rust {} crate, packaged by debcargo for use with cargo."
     records = [_record(boiler.format(name), answer) for name, answer in
@@ -95,6 +155,8 @@ def test_datatrove_pipeline_engine_finds_the_same_clear_cluster():
     text = _words(120, seed=1)
     edited = text.replace(text.split()[10], "changed", 1) + " extra."
     records = [_record(text), _record(_words(120, seed=2)), _record(edited)]
-    result = drop_near_duplicates_with_datatrove(records, NearDupRecipe(engine="datatrove"))
+    # no similarity check in datatrove's pipeline: bands x rows set for the threshold, not for candidates
+    config = NearDupRecipe(engine="datatrove", shingle_size=2, bands=14, rows=8)
+    result = drop_near_duplicates_with_datatrove(records, config)
     assert [r["id"] for r in result.kept] == [text, records[1]["id"]]
     assert result.clusters == [[text, edited]]
