@@ -45,3 +45,39 @@ def test_scan_check_fails_when_a_secret_is_left_in_the_output():
     failed = no_pii_or_secrets_left(deduped_examples=[rec("Contact <EMAIL> please"), rec("key AKIAIOSFODNN7EXAMPLE")])
     assert not failed.passed
     assert failed.metadata["matches"].value == 1
+
+
+VERSIONS = ["version 3.0.0.1", "Version: 3.0.0.1", "v 1.2.3.4", "release 2.0.1.7", "ver. 4.8.0.2",
+            "btn4ws (0.8.0.1): generates buttons", "> 1.1.1.0 -> 1.1.2", "upgrade 1.1.2 -> 1.1.1.0", "build 10.0.19041.1",
+            "libfoo 1.2.3.4.5"]
+
+
+@pytest.mark.parametrize("text", VERSIONS)
+def test_version_strings_shaped_like_ipv4_are_left_alone(text):
+    assert scrub_text(text) == (text, {})
+
+
+ADDRESSES = [("server 10.0.0.1 is down", "server <IP_ADDRESS> is down"),
+             ("connect to 203.0.113.7:443 now", "connect to <IP_ADDRESS>:443 now"),
+             ("(via: 129.125.90.132:4467)", "(via: <IP_ADDRESS>:4467)"),
+             ("server version at 192.168.0.1", "server version at <IP_ADDRESS>"),
+             ("resolver 1.1.1.1", "resolver <IP_ADDRESS>"),
+             ("gateway (10.1.2.3)", "gateway (<IP_ADDRESS>)")]
+
+
+@pytest.mark.parametrize("text,scrubbed", ADDRESSES)
+def test_real_ipv4_addresses_next_to_version_like_text_are_still_scrubbed(text, scrubbed):
+    assert scrub_text(text) == (scrubbed, {"IP_ADDRESS": 1})
+
+
+def test_perl_namespaces_are_not_ipv6_addresses():
+    text = "You also need one of the DBD::* drivers, or ABC::Def."
+    assert scrub_text(text) == (text, {})
+
+
+def test_scan_check_passes_on_version_strings():
+    from assets.curation import no_pii_or_secrets_left
+
+    rec = {"id": "v", "messages": [{"role": "user", "content": "What changed in version 3.0.0.1?"},
+                                   {"role": "assistant", "content": "1.1.1.0 -> 1.1.2 fixed the build"}]}
+    assert no_pii_or_secrets_left(deduped_examples=[rec]).passed

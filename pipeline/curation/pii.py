@@ -35,9 +35,30 @@ def _ip(match: re.Match) -> bool:
         return False
 
 
+# "version 3.0.0.1", "v. 1.2.3.4", "release: 2.0.1.7"
+_VERSION_BEFORE = re.compile(r"(?i)\b(?:version|ver|v|release|rel|build)\.?\s*[:=]?\s*$")
+# "1.1.1.0 -> 1.1.2": a changelog's version step
+_ARROW_BEFORE = re.compile(r"(?:->|=>|\u2192)\s*$")
+_ARROW_AFTER = re.compile(r"^\s*(?:->|=>|\u2192)\s*\d")
+
+
+def _ipv4(match: re.Match) -> bool:
+    """A dotted quad is an address unless its context says version: a version word or a changelog arrow
+    next to it, or a first octet of 0 (0.0.0.0/8 holds no host: "0.8.0.1" is a version)."""
+    text, start, end = match.string, match.start(), match.end()
+    before, after = text[max(0, start - 12):start], text[end:end + 6]
+    if match.group(0).startswith("0.") or _VERSION_BEFORE.search(before):
+        return False
+    if _ARROW_BEFORE.search(before) or _ARROW_AFTER.search(after):
+        return False
+    return _ip(match)
+
+
 def _ipv6(match: re.Match) -> bool:
-    # "::" alone or hex-looking words like "dead:beef" are not addresses worth scrubbing
-    return _ip(match) and match.group(0).count(":") >= 2 and match.group(0) != "::"
+    # "::" alone, hex-looking words like "dead:beef" and namespaces made of hex letters like Perl's "DBD::" or
+    # "ABC::Def" (no digit at all) are not addresses worth scrubbing
+    text = match.group(0)
+    return _ip(match) and text.count(":") >= 2 and any(c.isdigit() for c in text)
 
 
 DETECTORS: list[Detector] = [
@@ -53,7 +74,8 @@ DETECTORS: list[Detector] = [
     ("CREDIT_CARD", re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"), _luhn),
     ("PHONE", re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}(?![\w])"
                          r"|(?<![\w+])\+\d{1,3}(?:[ .-]?\d{2,4}){3,5}(?![\w])"), None),
-    ("IP_ADDRESS", re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\w|\.\d)"), _ip),
+    # not inside a longer dotted run ("1.2.3.4.5" is a version)
+    ("IP_ADDRESS", re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\w|\.\d)"), _ipv4),
     ("IP_ADDRESS", re.compile(r"(?<![\w:.])(?=[0-9A-Fa-f:]*:[0-9A-Fa-f]*:)[0-9A-Fa-f:]{3,39}(?![\w:])"), _ipv6),
 ]
 
