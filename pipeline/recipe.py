@@ -54,6 +54,16 @@ class NearDupRecipe(_Section):
         "candidates verified by `similarity` (fast at this size, threshold exact). `datatrove`: datatrove's "
         "file-based four-stage pipeline (no similarity check: every pair sharing a band is a duplicate, so set "
         "bands x rows for the threshold, e.g. shingle_size 2, 14 x 8), the form that scales out.")
+    executor: Literal["local", "ray"] = Field(
+        "local", description="What runs the `datatrove` engine's stages: datatrove's LocalPipelineExecutor (processes "
+        "on this machine) or its RayPipelineExecutor (needs the `ray` extra: pip install '.[ray]').")
+    workers: int = Field(1, gt=0, description="Tasks of a `datatrove` engine stage run at once (processes, or Ray "
+                         "tasks of one CPU each).")
+    ray_address: str | None = Field(None, description="Ray cluster to join (`ray.init(address=...)`, e.g. "
+                                    "`ray://head:10001` or `auto`); None starts a local Ray with `workers` CPUs. Ray "
+                                    "already initialised in the process is used as it is.")
+    scratch_dir: str | None = Field(None, description="Folder for the `datatrove` engine's files (a temporary folder "
+                                    "by default); on a Ray cluster of several nodes, one that every node sees.")
 
 
 class QualityRecipe(_Section):

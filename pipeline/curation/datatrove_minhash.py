@@ -1,7 +1,7 @@
 """Near-duplicates through datatrove's own four-stage MinHash pipeline (signatures, buckets, clusters on disk).
 
-The file-based stages are what datatrove scales out with its Slurm or Ray executors; here they run under the
-LocalPipelineExecutor in a scratch folder. Unlike the in-process index, every pair sharing an LSH band counts
+The file-based stages are what datatrove scales out: they run under its LocalPipelineExecutor or, with
+`executor: ray`, its RayPipelineExecutor. Unlike the in-process index, every pair sharing an LSH band counts
 as a duplicate (no similarity check), so the bands x rows S-curve is the threshold.
 """
 
@@ -17,9 +17,39 @@ from pipeline.curation.near_dup import NearDupConfig, NearDupResult, datatrove_c
 from pipeline.curation.records import Record
 
 
-def minhash_clusters_with_datatrove(texts: list[str], config: NearDupConfig, workdir: Path, workers: int = 1) -> dict[int, list[int]]:
+def _ray():
+    """Ray, initialised for the recipe; a clear error when the extra is not installed."""
+    try:
+        import ray
+    except ImportError as e:
+        raise RuntimeError("data.near_dup.executor is `ray` but Ray is not installed: pip install "
+                           "'llm-finetune-pipeline[ray]' (or `pip install ray`), or use executor: local") from e
+    return ray
+
+
+def run_stage(pipeline: list, tasks: int, config: NearDupConfig, logs: Path) -> None:
+    """One datatrove stage under the recipe's executor; raises when any of its tasks did not complete."""
+    if config.executor == "ray":
+        ray = _ray()
+        from datatrove.executor.ray import RayPipelineExecutor
+
+        if not ray.is_initialized():
+            ray.init(address=config.ray_address, num_cpus=None if config.ray_address else config.workers,
+                     include_dashboard=False, log_to_driver=False)
+        executor = RayPipelineExecutor(pipeline, tasks=tasks, workers=config.workers, logging_dir=str(logs),
+                                       mem_per_cpu_gb=0.5)
+    else:
+        from datatrove.executor import LocalPipelineExecutor
+
+        executor = LocalPipelineExecutor(pipeline, tasks=tasks, workers=config.workers, logging_dir=str(logs))
+    executor.run()
+    # Ray's executor only warns when tasks fail; a half-run stage would silently keep duplicates
+    if missing := executor.get_incomplete_ranks(range(tasks)):
+        raise RuntimeError(f"datatrove stage in {logs} left tasks {missing} incomplete; see its logs")
+
+
+def minhash_clusters_with_datatrove(texts: list[str], config: NearDupConfig, workdir: Path) -> dict[int, list[int]]:
     """Clusters of text indices (size > 1) found by datatrove's pipeline, each sorted."""
-    from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupSignature
     from datatrove.pipeline.readers import JsonlReader
 
@@ -34,7 +64,7 @@ def minhash_clusters_with_datatrove(texts: list[str], config: NearDupConfig, wor
         ("clusters", [MinhashDedupCluster(str(workdir / "buckets"), str(workdir / "clusters"), config=mh,
                                           save_cluster_id=True)], 1),
     ]:
-        LocalPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=str(workdir / "logs" / name)).run()
+        run_stage(pipeline, tasks, config, workdir / "logs" / name)
 
     members: dict[int, list[int]] = defaultdict(list)
     path = workdir / "clusters/000000.clusters"  # one input file -> file id 0; (doc index, cluster id) pairs
@@ -46,6 +76,8 @@ def minhash_clusters_with_datatrove(texts: list[str], config: NearDupConfig, wor
 
 def drop_near_duplicates_with_datatrove(records: list[Record], config: NearDupConfig) -> NearDupResult:
     """Same contract as `drop_near_duplicates`: the earliest record of each cluster is kept."""
-    with tempfile.TemporaryDirectory(prefix="minhash-") as tmp:
+    if config.scratch_dir:
+        Path(config.scratch_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="minhash-", dir=config.scratch_dir) as tmp:
         clusters = minhash_clusters_with_datatrove([record_text(r) for r in records], config, Path(tmp))
     return keep_first_of_clusters(records, clusters)
