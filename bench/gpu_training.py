@@ -105,13 +105,20 @@ def flops_per_token(params: int, size: str, method: str, mean_len: float) -> flo
 
 
 def profile_callback(label: str, steps: int, first_step: int = 20):
-    """Profiles `steps` optimizer steps and prints wall time per step, GPU kernel time per step and the top kernels."""
+    """Profiles `steps` optimizer steps from `first_step` with torch's profiler (wall and GPU-busy time per step,
+    top kernels by GPU and by CPU time), then as many later steps with cProfile (where the host's time goes)."""
+    import cProfile
+    import pstats
+
     import torch
     from transformers import TrainerCallback
+
+    py_first = first_step + steps + 5
 
     class ProfileSteps(TrainerCallback):
         def __init__(self) -> None:
             self.profiler = None
+            self.python = None
             self.started = 0.0
 
         def on_step_begin(self, args, state, control, **kwargs):
@@ -123,6 +130,9 @@ def profile_callback(label: str, steps: int, first_step: int = 20):
                 self.profiler = torch.profiler.profile(activities=activities)
                 self.profiler.__enter__()
                 self.started = time.perf_counter()
+            if state.global_step == py_first and self.python is None:
+                self.python = cProfile.Profile()
+                self.python.enable()
 
         def on_step_end(self, args, state, control, **kwargs):
             if self.profiler is not None and state.global_step == first_step + steps:
@@ -130,12 +140,18 @@ def profile_callback(label: str, steps: int, first_step: int = 20):
                 wall_ms = (time.perf_counter() - self.started) * 1e3 / steps
                 self.profiler.__exit__(None, None, None)
                 events = self.profiler.key_averages()
-                gpu_ms = sum(e.self_device_time_total for e in events) / 1e3 / steps
+                # kernels only: an aten op's device time is its kernels' again
+                gpu_ms = sum(e.self_device_time_total for e in events if not e.key.startswith("aten::")) / 1e3 / steps
                 print(f"\n[{label}] {wall_ms:.1f} ms per step, GPU kernels busy {gpu_ms:.1f} ms per step "
                       f"({gpu_ms / wall_ms:.0%})")
-                print(events.table(sort_by="self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total",
-                                   row_limit=12, max_name_column_width=60))
+                for key in (["self_device_time_total"] if torch.cuda.is_available() else []) + ["self_cpu_time_total"]:
+                    print(events.table(sort_by=key, row_limit=15, max_name_column_width=60))
                 self.profiler = None
+            if self.python is not None and state.global_step == py_first + steps:
+                self.python.disable()
+                print(f"\n[{label}] cProfile of {steps} steps, by cumulative time")
+                pstats.Stats(self.python).sort_stats("cumulative").print_stats(45)
+                self.python = None
 
     return ProfileSteps()
 
@@ -178,7 +194,9 @@ def run_baseline(model_dir: Path, train_path: Path, method: str, batch_size: int
         prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
         full = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"][:1024]
         rows.append({"input_ids": full, "attention_mask": [1] * len(full), "labels": [-100] * len(prompt) + full[len(prompt):]})
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
+    # full fine-tuning keeps fp32 master weights under bf16 autocast (the Trainer's mixed precision), as ours does:
+    # in bf16 weights, updates at lr 2e-5 round away and the two loss curves would part for that reason alone
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if method == "lora" else torch.float32)
     torch.manual_seed(42)  # the adapter's initial A as in our run, which seeds before building it
     if method == "lora":
         model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
@@ -203,7 +221,10 @@ def run_baseline(model_dir: Path, train_path: Path, method: str, batch_size: int
             "mean_len": real_tokens / len(rows), "losses": losses}
 
 
-def run_ours(model_dir: Path, train_path: Path, recipe: TrainingRecipe, out_dir: Path, label: str, profile: int) -> dict:
+def run_ours(model_dir: Path, train_path: Path, recipe: TrainingRecipe, out_dir: Path, label: str, profile: int,
+             real_tokens: int) -> dict:
+    """`real_tokens`: the baseline's count for the same examples; the Trainer's own non-padding count would miss
+    every <|im_end|>, since SmolLM2's pad token is its end-of-turn token."""
     import torch
 
     from pipeline.training.sft import train_sft
@@ -220,7 +241,8 @@ def run_ours(model_dir: Path, train_path: Path, recipe: TrainingRecipe, out_dir:
     result = train_sft(train_path, model_dir, out_dir, recipe, report,
                        extra_callbacks=[clock] + ([profile_callback(label, profile)] if profile else []))
     seconds = time.perf_counter() - start
-    return {"seconds": result.train_runtime_s, "wall_with_setup_s": seconds, "real_tokens": result.tokens_seen,
+    return {"seconds": result.train_runtime_s, "wall_with_setup_s": seconds, "real_tokens": real_tokens,
+            "trainer_tokens_seen": result.tokens_seen,
             "steps": result.global_step, "steady_steps_per_s": clock.steady_steps_per_s(), "peak_gib": _peak_gib(),
             "final_loss": sum(losses[-3:]) / max(len(losses[-3:]), 1), "losses": losses}
 
@@ -238,6 +260,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    import torch._inductor.config as inductor_config
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     params = build_model_dir(args.model, args.tokenizer, work / "model")
@@ -252,25 +275,29 @@ def main() -> None:
                 "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
                 "save_steps": 10**6, "merge_adapter": False}  # the baseline saves nothing either
     overrides = [json.loads(o) for o in args.ours]
-    # "_cudnn_sdp": false runs that variant with cuDNN attention off (SDPA then picks flash or mem-efficient)
+    # "_cudnn_sdp": false runs that variant with cuDNN attention off (SDPA then picks flash or mem-efficient);
+    # "_cudagraphs": true has inductor replay compiled blocks as CUDA graphs (one recording per row length)
     cudnn_sdp = [o.pop("_cudnn_sdp", True) for o in overrides]
+    cudagraphs = [o.pop("_cudagraphs", False) for o in overrides]
     recipes = [TrainingRecipe.model_validate({**defaults, **o}) for o in overrides]
     results = {"baseline": run_baseline(work / "model", work / "train.jsonl", args.method, args.batch_size,
                                         work / "baseline", args.profile)}
-    summarise(results, args, params, examples, gpu, peak, recipes, cudnn_sdp)
+    summarise(results, args, params, examples, gpu, peak, recipes, cudnn_sdp, cudagraphs)
     for i, recipe in enumerate(recipes):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         torch.backends.cuda.enable_cudnn_sdp(cudnn_sdp[i])
+        inductor_config.triton.cudagraphs = cudagraphs[i]
         try:
-            results[f"ours{i}"] = run_ours(work / "model", work / "train.jsonl", recipe, work / f"ours{i}", f"ours{i}", args.profile)
+            results[f"ours{i}"] = run_ours(work / "model", work / "train.jsonl", recipe, work / f"ours{i}", f"ours{i}",
+                                          args.profile, results["baseline"]["real_tokens"])
         except Exception as e:  # one variant failing (OOM, a kernel missing) must not hide the others
             print(f"ours{i} failed: {type(e).__name__}: {str(e)[:300]}")
-        summarise(results, args, params, examples, gpu, peak, recipes, cudnn_sdp)
+        summarise(results, args, params, examples, gpu, peak, recipes, cudnn_sdp, cudagraphs)
 
 
 def summarise(results: dict, args, params: int, examples: int, gpu: str, peak: float | None, recipes: list,
-              cudnn_sdp: list) -> None:
+              cudnn_sdp: list, cudagraphs: list) -> None:
     """Print the table and the ratios to the baseline; write the JSON (called after every run, so a run cut off
     by a time limit still leaves what it finished)."""
     base = results["baseline"]
@@ -298,7 +325,7 @@ def summarise(results: dict, args, params: int, examples: int, gpu: str, peak: f
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"model": args.model, "params": params, "method": args.method, "gpu": gpu,
                                         "examples": examples, "recipes": [r.model_dump() for r in recipes],
-                                        "cudnn_sdp": cudnn_sdp, "command": " ".join(sys.argv), **results}, indent=2))
+                                        "cudnn_sdp": cudnn_sdp, "cudagraphs": cudagraphs, "command": " ".join(sys.argv), **results}, indent=2))
 
 
 if __name__ == "__main__":

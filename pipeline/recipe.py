@@ -153,8 +153,10 @@ class TrainingRecipe(_Section):
         "so a step sees the same examples as padded batches would (attention stays within each example). Examples "
         "longer than max_length are an error rather than cut, as the curation stage's token-length filter bounds them.")
     max_length: int = Field(384, gt=16, description="Tokens per example; longer examples are truncated.")
-    attn_implementation: Literal["sdpa", "flex_attention", "eager"] = Field(
-        "sdpa", description="Attention kernel. flex_attention keeps packed rows block-sparse on GPU; sdpa suits CPU and short rows.")
+    attn_implementation: Literal["sdpa", "varlen", "flex_attention", "eager"] = Field(
+        "sdpa", description="Attention kernel. `varlen`: PyTorch's flash-attention kernel per example of a "
+        "padding-free or packed row (CUDA only; no T x T mask, so long packed rows cost what their examples do). "
+        "`sdpa` suits CPU and short rows; `flex_attention` keeps packed rows block-sparse through a compiled mask.")
     logging_steps: int = Field(5, gt=0, description="Report metrics every this many steps.")
     seed: int = Field(42, description="Seed of initialisation, dropout and data order.")
     save_steps: int = Field(50, gt=0, description="Write a resumable checkpoint every this many optimizer steps.")
@@ -162,8 +164,9 @@ class TrainingRecipe(_Section):
         2, ge=2, description="Checkpoints kept; at least 2, so a crash while writing one still leaves a complete one.")
     liger_kernels: bool = Field(True, description="On a GPU, use Liger's fused RMSNorm/RoPE/SwiGLU/cross-entropy kernels "
                                 "when the liger-kernel package is installed (less memory, fewer kernel launches).")
-    torch_compile: bool = Field(False, description="Compile the model with torch.compile (inductor, dynamic shapes): "
-                                "fused kernels and far fewer launches per step, after a compile of a minute or so.")
+    torch_compile: bool = Field(False, description="Compile each decoder block with torch.compile (inductor, dynamic "
+                                "shapes, one graph for all blocks and row lengths): fused kernels and far fewer launches "
+                                "per step, after a compile of a minute or so. Pays off on a GPU with short rows.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less memory, ~30% more compute.")
     merge_adapter: bool = Field(True, description="Also save base + adapter folded into one safetensors model, for servers without adapters.")
     eval_examples: int = Field(0, ge=0, description="Train examples held back as an eval slice for eval loss and early stopping; 0 turns both off.")
@@ -173,6 +176,13 @@ class TrainingRecipe(_Section):
     distributed: Literal["none", "zero2", "zero3", "fsdp"] = Field(
         "none", description="Sharding across GPUs when the launcher gives more than one: DeepSpeed ZeRO-2/3 or FSDP "
         "(configs in recipes/accelerate/).")
+
+
+    @model_validator(mode="after")
+    def _varlen_needs_flat_rows(self) -> "TrainingRecipe":
+        if self.attn_implementation == "varlen" and not (self.packing or self.padding_free):
+            raise ValueError("training.attn_implementation varlen needs training.packing or training.padding_free")
+        return self
 
 
 class DpoRecipe(_Section):

@@ -161,6 +161,20 @@ def test_padding_free_batches_see_the_same_examples_and_loss_as_padded_ones(tiny
     assert losses[True] == pytest.approx(losses[False], rel=1e-3)
 
 
+def test_compiled_blocks_train_to_the_same_losses_as_eager_ones(tiny_model_dir, tmp_path):
+    # regional compilation must change the speed, not the maths: same padding-free batches, same losses
+    train = canonical_train_file(tmp_path, 16)
+    losses, messages = {}, []
+    for compiled in (False, True):
+        recipe = training(tiny_model_dir, max_steps=3, batch_size=4, max_length=512, packing=False, padding_free=True,
+                          torch_compile=compiled, logging_steps=1, lora={"dropout": 0.0}, merge_adapter=False)
+        result = train_sft(train, tiny_model_dir, tmp_path / f"out-{compiled}", recipe, lambda m, x: messages.append(m))
+        losses[compiled] = [h["loss"] for h in result.log_history if "loss" in h]
+    assert "compiled 2 repeated blocks (dynamic shapes)" in messages
+    assert len(losses[True]) == 3
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3)
+
+
 def test_padding_free_refuses_examples_longer_than_max_length(tiny_model_dir, tmp_path):
     recipe = training(tiny_model_dir, max_steps=1, packing=False, padding_free=True, max_length=24)
     with pytest.raises(ValueError, match="longer than training.max_length=24"):

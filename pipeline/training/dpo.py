@@ -38,6 +38,8 @@ def _policy(base_path: Path, sft: dict[str, Any], training: TrainingRecipe):
 
     from pipeline.training.methods import load_base
 
+    if training.attn_implementation == "varlen":  # DPO batches are padded pairs, which varlen attention can't take
+        training = training.model_copy(update={"attn_implementation": "sdpa"})
     if sft["adapter_path"]:
         return PeftModel.from_pretrained(load_base(base_path, training), sft["adapter_path"], is_trainable=True)
     return AutoModelForCausalLM.from_pretrained(sft["model_path"], dtype=torch.float32)

@@ -14,7 +14,12 @@ class MethodUnavailable(RuntimeError):
 
 
 def check_method_runs_here(recipe: TrainingRecipe) -> None:
-    """Fail fast, with the reason, when the method needs hardware or packages this machine lacks."""
+    """Fail fast, with the reason, when the method or attention kernel needs hardware or packages this machine lacks."""
+    if recipe.attn_implementation == "varlen":
+        from pipeline.training.attention import varlen_available
+
+        if reason := varlen_available():
+            raise MethodUnavailable(reason)
     if recipe.method != "qlora":
         return
     import torch
@@ -43,6 +48,10 @@ def load_base(base_path: Path, recipe: TrainingRecipe) -> Any:
     from transformers import AutoModelForCausalLM
 
     attention = {"attn_implementation": recipe.attn_implementation}
+    if recipe.attn_implementation == "varlen":
+        from pipeline.training.attention import register_varlen_attention
+
+        register_varlen_attention()
     if recipe.method == "full":
         # fp32 master weights; bf16 autocast (when the device has it) is the Trainer's job
         return AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, **attention)
