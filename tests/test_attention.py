@@ -30,12 +30,13 @@ def test_a_varlen_row_gives_each_example_the_logits_it_has_alone(tiny_model_dir,
     position_ids = torch.cat([torch.arange(end - start) for start, end in bounds]).unsqueeze(0)
     cu = torch.tensor([0, 5, 14, 17], dtype=torch.int32)
     with torch.no_grad():
-        alone = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").eval()
+        # bf16, as the flash kernel computes; a leak across examples moves logits by tenths, far above bf16 rounding
+        alone = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa", dtype=torch.bfloat16).eval()
         expected = torch.cat([alone(input_ids=input_ids[:, start:end]).logits for start, end in bounds], dim=1)
-        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="varlen").eval()
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="varlen", dtype=torch.bfloat16).eval()
         logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False, cu_seq_lens_q=cu,
                        cu_seq_lens_k=cu, max_length_q=9, max_length_k=9).logits
-    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+    assert torch.linalg.norm((logits - expected).float()) / torch.linalg.norm(expected.float()) < 1e-2
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the error path is for machines without a GPU")

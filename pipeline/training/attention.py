@@ -44,13 +44,16 @@ def varlen_attention_forward(module: Any, query: Any, key: Any, value: Any, atte
         max_len = query.shape[2]
     else:
         max_len = kwargs["max_length_q"]
-    q, k, v = (t.transpose(1, 2).squeeze(0) for t in (query, key, value))  # [T, heads, D]
+    # flash kernels take bf16/fp16 only; fp32 master weights under autocast still leave q/k/v in fp32 after RoPE
+    dtype = query.dtype if query.dtype in (torch.float16, torch.bfloat16) else (
+        torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.bfloat16)
+    q, k, v = (t.transpose(1, 2).squeeze(0).to(dtype) for t in (query, key, value))  # [T, heads, D]
     options = _causal_gqa_options(q.shape[1], k.shape[1])
     if options.pop("repeat_kv", False):
         k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
     cu_seq = cu_seq.to(device=q.device, dtype=torch.int32)
     out = varlen_attn(q, k, v, cu_seq, cu_seq, max_len, max_len, scale=scaling, **options)
-    return out.unsqueeze(0), None
+    return out.unsqueeze(0).to(query.dtype), None
 
 
 def _causal_gqa_options(q_heads: int, kv_heads: int) -> dict[str, Any]:
