@@ -1,7 +1,6 @@
 """Curation assets: cleaning blocks applied in order, every drop counted with its reason."""
 
 
-import json
 from collections import Counter, defaultdict
 
 import dagster as dg
@@ -11,8 +10,7 @@ from pipeline.curation.pii import scan_text
 from pipeline.curation.records import dataset_version
 from pipeline.curation.steps import curation_steps, run_steps
 from pipeline.curation.token_stats import token_counter
-from assets.sources import QUARANTINE_KEY
-from resources import Bucket, RecipeResource
+from resources import RecipeResource
 
 
 @dg.asset(
@@ -22,16 +20,15 @@ from resources import Bucket, RecipeResource
     "quality filters (repetition, garbage characters, prompt echoes, token-length bounds in the base model's tokenizer), "
     "exact duplicates (case- and whitespace-insensitive) and MinHash near-duplicates removed, first occurrence kept.",
 )
-def deduped_examples(context: dg.AssetExecutionContext, seed_examples: list, base_model: dict,
-                     recipe: RecipeResource, bucket: Bucket) -> dg.Output[list]:
+def deduped_examples(context: dg.AssetExecutionContext, seed_examples: list, quarantined_examples: list,
+                     base_model: dict, recipe: RecipeResource) -> dg.Output[list]:
     from transformers import AutoTokenizer
 
     data = recipe.load().data
     count_tokens = token_counter(AutoTokenizer.from_pretrained(base_model["path"]))
     records, reports = run_steps(seed_examples, curation_steps(data, count_tokens))
-    # the books start at the raw lines: what seed_examples quarantined is the first row
-    quarantined = Counter(json.loads(line)["reason"] for line in bucket.read_bytes(QUARANTINE_KEY).decode().splitlines()
-                          if line.strip()) if bucket.exists(QUARANTINE_KEY) else Counter()
+    # the books start at the raw lines: what the read quarantined is the first row
+    quarantined = Counter(q["reason"] for q in quarantined_examples)
     steps = [{"step": "read_and_normalise", "in": len(seed_examples) + sum(quarantined.values()), "kept": len(seed_examples),
               "quarantined": sum(quarantined.values()), "dropped": 0, "seconds": 0.0,
               "reasons": ", ".join(f"{k}={v}" for k, v in quarantined.most_common()) or "-"}]

@@ -1,19 +1,17 @@
-"""Source assets: raw example files read, normalised and quarantined."""
+"""Source assets: raw example files read and normalised, and the quarantine of lines that could not be."""
 
 
-import json
 from collections import Counter
+from collections.abc import Iterator
 
 import dagster as dg
 
 from assets.metadata import counts_table, preview, table
 from pipeline.curation.records import dataset_version
 from pipeline.curation.readers import READABLE_SUFFIXES
-from pipeline.curation.steps import read_sources
+from pipeline.curation.steps import ReadResult, read_sources
 from pipeline.recipe import DataRecipe
 from resources import Bucket, RecipeResource
-
-QUARANTINE_KEY = "quarantine/seed_examples.jsonl"
 
 
 def stage_remote_sources(data: DataRecipe, bucket: Bucket) -> DataRecipe:
@@ -36,40 +34,72 @@ def stage_remote_sources(data: DataRecipe, bucket: Bucket) -> DataRecipe:
     return data.model_copy(update={"sources": staged})
 
 
-@dg.asset(
+SAMPLE_ROWS = 20  # quarantined rows shown in the UI; the asset itself holds all of them
+
+
+def _by_file(result: ReadResult) -> list[dict]:
+    """Lines read and quarantined per source file."""
+    kept = Counter(r["origin"]["file"] for r in result.records)
+    bad = Counter(q["file"] for q in result.quarantined)
+    files = [*kept, *(f for f in bad if f not in kept)]
+    return [{"file": f, "lines": kept[f] + bad[f], "quarantined": bad[f],
+             "share": round(bad[f] / (kept[f] + bad[f]), 4)} for f in files]
+
+
+@dg.multi_asset(
     group_name="sources",
-    kinds={"python", "jsonl"},
-    description="Raw examples from the recipe's sources (alpaca, sharegpt, chatml), normalised to chat records "
-    "with a stable id, group and origin. Malformed lines go to the quarantine file with their reason.",
+    outs={
+        "seed_examples": dg.AssetOut(
+            kinds={"python", "jsonl"},
+            description="Raw examples from the recipe's sources (alpaca, sharegpt, chatml, preference pairs), "
+            "normalised to chat records with a stable id, group and origin."),
+        "quarantined_examples": dg.AssetOut(
+            kinds={"python", "jsonl"},
+            description="Every source line that could not be read or normalised, with its file, line, reason, "
+            "detail and the raw value when it parsed. Written even when the rejected share fails the run."),
+    },
 )
-def seed_examples(context: dg.AssetExecutionContext, recipe: RecipeResource, bucket: Bucket) -> dg.Output[list]:
+def read_seed_sources(context: dg.AssetExecutionContext, recipe: RecipeResource, bucket: Bucket) -> Iterator[dg.Output]:
+    """One read of the sources gives both assets, so kept + quarantined always adds up to the lines read."""
     data = recipe.load().data
     result = read_sources(stage_remote_sources(data, bucket))
-    quarantine_uri = bucket.write_bytes(
-        QUARANTINE_KEY, "".join(json.dumps(q, ensure_ascii=False, sort_keys=True) + "\n" for q in result.quarantined).encode()
+    quarantined = result.quarantined
+    reasons = Counter(q["reason"] for q in quarantined)
+    for q in quarantined:
+        context.log.warning(f"quarantined {q['file']}:{q['line']} ({q['reason']}): {q['detail']}")
+    # Yielded before the ceiling check: a run that fails on it still leaves the quarantine to inspect.
+    yield dg.Output(
+        quarantined,
+        output_name="quarantined_examples",
+        data_version=dg.DataVersion(dataset_version(quarantined)),
+        metadata={
+            "quarantined": len(quarantined),
+            "lines_read": result.lines_read,
+            "quarantine_share": round(result.quarantine_share, 4),
+            "max_quarantine_share": data.max_quarantine_share,
+            "by_reason": counts_table(reasons),
+            "by_file": table(_by_file(result)),
+            "first_rows": table([{k: q[k] for k in ("file", "line", "reason", "detail")} for q in quarantined[:SAMPLE_ROWS]]),
+        },
     )
-    reasons = Counter(q["reason"] for q in result.quarantined)
     if result.quarantine_share > data.max_quarantine_share:
         raise dg.Failure(
-            description=f"{len(result.quarantined)} of {result.lines_read} lines ({result.quarantine_share:.1%}) are malformed, "
-            f"above data.max_quarantine_share={data.max_quarantine_share:.1%}. Reasons: {dict(reasons)}. "
-            f"See {quarantine_uri}.",
-            metadata={"quarantine": dg.MetadataValue.path(quarantine_uri)},
+            description=f"{len(quarantined)} of {result.lines_read} lines ({result.quarantine_share:.1%}) are malformed, "
+            f"above data.max_quarantine_share={data.max_quarantine_share:.1%}. Reasons: "
+            + ", ".join(f"{reason}={n}" for reason, n in reasons.most_common())
+            + ". Every rejected line, with file, line and detail, is in the quarantined_examples asset of this run.",
+            metadata={"by_reason": counts_table(reasons)},
         )
-    for q in result.quarantined:
-        context.log.warning(f"quarantined {q['file']}:{q['line']} ({q['reason']}): {q['detail']}")
     records = result.records
-    return dg.Output(
+    yield dg.Output(
         records,
+        output_name="seed_examples",
         data_version=dg.DataVersion(dataset_version(records)),
         metadata={
             "lines_read": result.lines_read,
             "records": len(records),
-            "quarantined": len(result.quarantined),
+            "quarantined": len(quarantined),
             "quarantine_share": round(result.quarantine_share, 4),
-            "quarantine_reasons": counts_table(reasons),
-            "quarantine_file": dg.MetadataValue.path(quarantine_uri),
-            "quarantine_examples": table([{k: q[k] for k in ("file", "line", "reason", "detail")} for q in result.quarantined[:20]]),
             "by_format": counts_table(Counter(r["origin"]["format"] for r in records), key="format"),
             "by_source": counts_table(Counter(r["source"] for r in records), key="source"),
             "groups": len({r["group"] for r in records}),

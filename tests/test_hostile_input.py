@@ -2,6 +2,11 @@
 quarantined with its reason and where it came from, and the good records come through unchanged."""
 
 import json
+from collections import Counter
+from pathlib import Path
+
+import dagster as dg
+import pytest
 
 from pipeline.curation.steps import curation_steps, read_sources, run_steps
 from pipeline.recipe import DataRecipe, SourceSpec
@@ -61,11 +66,9 @@ def test_hostile_file_is_quarantined_line_by_line_and_good_records_pass_unchange
 
 
 def test_the_ui_books_balance_from_raw_lines_to_kept_records(tmp_path, tiny_model_dir):
-    import dagster as dg
-
     from assets.curation import deduped_examples
     from assets.model import base_model
-    from assets.sources import seed_examples
+    from assets.sources import read_seed_sources
     from pipeline.recipe import Recipe
     from resources import Bucket, BucketJsonIOManager, RecipeResource
 
@@ -74,7 +77,7 @@ def test_the_ui_books_balance_from_raw_lines_to_kept_records(tmp_path, tiny_mode
     recipe = Recipe(data=DataRecipe(sources=[SourceSpec(path=str(path))], max_quarantine_share=1.0, golden_path=None),
                     base_model={"path": str(tiny_model_dir), "name": "tiny-llama"})
     bucket = Bucket(root=str(tmp_path / "store"))
-    result = dg.materialize([seed_examples, base_model, deduped_examples], instance=dg.DagsterInstance.ephemeral(),
+    result = dg.materialize([read_seed_sources, base_model, deduped_examples], instance=dg.DagsterInstance.ephemeral(),
                             resources={"recipe": RecipeResource.of(recipe), "bucket": bucket,
                                        "io_manager": BucketJsonIOManager(bucket=bucket)})
     rows = [r.data for r in result.asset_materializations_for_node("deduped_examples")[0].metadata["steps"].value.records]
@@ -83,3 +86,52 @@ def test_the_ui_books_balance_from_raw_lines_to_kept_records(tmp_path, tiny_mode
     assert "token_length_filter" in [row["step"] for row in rows]
     total = rows[-1]
     assert (total["step"], total["in"], total["quarantined"], total["kept"]) == ("total", 6 + len(BAD), len(BAD), 3)
+
+
+def _read_hostile(tmp_path: Path, max_quarantine_share: float) -> tuple[dg.ExecuteInProcessResult, Path]:
+    """Materialize the two source assets from one file of good and hostile lines (lines 1-2 good, then BAD)."""
+    from assets.sources import read_seed_sources
+    from pipeline.recipe import Recipe
+    from resources import Bucket, BucketJsonIOManager, RecipeResource
+
+    path = tmp_path / "hostile.jsonl"
+    path.write_bytes(b"\n".join([json.dumps(g).encode() for g in GOOD[:2]] + [raw for raw, _ in BAD]) + b"\n")
+    recipe = Recipe(data=DataRecipe(sources=[SourceSpec(path=str(path))], max_quarantine_share=max_quarantine_share))
+    store = tmp_path / "store"
+    bucket = Bucket(root=str(store))
+    result = dg.materialize([read_seed_sources], instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
+                            resources={"recipe": RecipeResource.of(recipe), "bucket": bucket,
+                                       "io_manager": BucketJsonIOManager(bucket=bucket)})
+    return result, store
+
+
+def test_quarantine_asset_holds_every_malformed_line_with_reason_origin_and_counts(tmp_path):
+    result, store = _read_hostile(tmp_path, max_quarantine_share=1.0)
+
+    assert result.success
+    rows = result.asset_value("quarantined_examples")
+    assert [(q["file"], q["line"], q["reason"]) for q in rows] == [("hostile.jsonl", 3 + i, reason) for i, (_, reason) in enumerate(BAD)]
+    assert all(q["detail"] for q in rows)
+    stored = [json.loads(line) for line in (store / "assets/quarantined_examples.jsonl").read_text().splitlines()]
+    assert stored == rows  # readable JSONL through the IO manager, not pickle
+    meta = result.asset_materializations_for_node("read_seed_sources")
+    meta = {m.asset_key.to_user_string(): m.metadata for m in meta}["quarantined_examples"]
+    by_reason = {r.data["reason"]: r.data["count"] for r in meta["by_reason"].value.records}
+    assert by_reason == Counter(reason for _, reason in BAD)
+    assert [r.data for r in meta["by_file"].value.records] == [
+        {"file": "hostile.jsonl", "lines": 2 + len(BAD), "quarantined": len(BAD), "share": round(len(BAD) / (2 + len(BAD)), 4)}]
+    assert [(r.data["line"], r.data["reason"]) for r in meta["first_rows"].value.records] == [(3 + i, reason) for i, (_, reason) in enumerate(BAD)]
+    assert len(result.asset_value("seed_examples")) == 2
+
+
+def test_rejected_share_over_the_ceiling_fails_naming_reasons_after_writing_the_quarantine(tmp_path):
+    result, store = _read_hostile(tmp_path, max_quarantine_share=0.5)
+
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.user_failure_data
+    assert "above data.max_quarantine_share=50.0%" in failure.description
+    assert "invalid_json=1" in failure.description and "oversize=2" in failure.description
+    materialized = {m.asset_key.to_user_string() for m in result.asset_materializations_for_node("read_seed_sources")}
+    assert materialized == {"quarantined_examples"}
+    assert len((store / "assets/quarantined_examples.jsonl").read_text().splitlines()) == len(BAD)
+    assert not (store / "assets/seed_examples.jsonl").exists()

@@ -9,7 +9,7 @@ from pipeline.definitions import all_assets, all_checks, finetune_job
 from resources import Bucket, BucketJsonIOManager, ModelRegistry, RecipeResource, TrainingLauncher
 from tests.conftest import tiny_recipe
 
-DATA_ASSETS = ["seed_examples", "deduped_examples", "train_split", "heldout_split", "base_model", "train_token_lengths"]
+DATA_ASSETS = ["seed_examples", "quarantined_examples", "deduped_examples", "train_split", "heldout_split", "base_model", "train_token_lengths"]
 
 
 def run_graph(store: Path, recipe, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:

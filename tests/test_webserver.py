@@ -11,7 +11,7 @@ import requests
 
 from pipeline.paths import PROJECT_ROOT
 
-ASSETS = {"seed_examples", "deduped_examples", "train_split", "heldout_split", "base_model",
+ASSETS = {"seed_examples", "quarantined_examples", "deduped_examples", "train_split", "heldout_split", "base_model",
           "sft_checkpoint", "dpo_checkpoint", "eval_report", "registry_entry", "train_token_lengths"}
 CHECKS = {"candidate_beats_base", "no_train_heldout_overlap", "no_heldout_near_duplicate_in_train",
           "no_pii_or_secrets_left"}
