@@ -11,7 +11,7 @@ from pipeline.lineage import code_version
 from resources import ModelRegistry, RecipeResource
 from resources.mlflow_registry import CHALLENGER, CHAMPION
 
-UPSTREAM_DATA = ["seed_examples", "deduped_examples"]
+UPSTREAM_DATA = ["seed_examples", "quarantined_examples", "deduped_examples"]
 
 
 def _latest_data_version(context: dg.AssetExecutionContext, asset: str) -> str:

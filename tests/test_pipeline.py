@@ -63,7 +63,7 @@ def test_registered_version_carries_full_lineage(two_runs):
     tags = registry.version_tags(recipe.registry.model_name, entry["version"])
     versions = data_versions(first)
     assert tags["base_model.sha256"] == versions["base_model"]
-    for asset in ["seed_examples", "deduped_examples", "train_split", "heldout_split"]:
+    for asset in ["seed_examples", "quarantined_examples", "deduped_examples", "train_split", "heldout_split"]:
         assert tags[f"data.{asset}"] == versions[asset], asset
     assert tags["recipe.fingerprint"] == recipe.fingerprint()
     assert tags["dagster.run_id"] == first.run_id
