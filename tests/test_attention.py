@@ -20,10 +20,16 @@ def reference_varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, wind
     return torch.cat(out)
 
 
-def test_a_varlen_row_gives_each_example_the_logits_it_has_alone(tiny_model_dir, monkeypatch):
+def reference_without_gqa(q, k, v, cu_q, cu_k, max_q, max_k, *, return_aux=None, scale=None, window_size=(-1, -1)):
+    """torch 2.11's signature: no native GQA, so the caller must repeat the key/value heads itself."""
+    return reference_varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=window_size)
+
+
+@pytest.mark.parametrize("kernel", [reference_varlen_attn, reference_without_gqa], ids=["native_gqa", "repeated_kv"])
+def test_a_varlen_row_gives_each_example_the_logits_it_has_alone(tiny_model_dir, monkeypatch, kernel):
     from transformers import AutoModelForCausalLM
 
-    monkeypatch.setattr("torch.nn.attention.varlen.varlen_attn", reference_varlen_attn)
+    monkeypatch.setattr("torch.nn.attention.varlen.varlen_attn", kernel)
     register_varlen_attention()
     bounds = [(0, 5), (5, 14), (14, 17)]
     input_ids = torch.randint(10, 500, (1, 17))

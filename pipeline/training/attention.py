@@ -48,23 +48,28 @@ def varlen_attention_forward(module: Any, query: Any, key: Any, value: Any, atte
     dtype = query.dtype if query.dtype in (torch.float16, torch.bfloat16) else (
         torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.bfloat16)
     q, k, v = (t.transpose(1, 2).squeeze(0).to(dtype) for t in (query, key, value))  # [T, heads, D]
-    options = _causal_gqa_options(q.shape[1], k.shape[1])
-    if options.pop("repeat_kv", False):
-        k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
+    options = dict(_KERNEL["causal"])
+    if q.shape[1] != k.shape[1]:
+        if _KERNEL["native_gqa"]:
+            options["enable_gqa"] = True
+        else:
+            k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
     cu_seq = cu_seq.to(device=q.device, dtype=torch.int32)
     out = varlen_attn(q, k, v, cu_seq, cu_seq, max_len, max_len, scale=scaling, **options)
     return out.unsqueeze(0).to(query.dtype), None
 
 
-def _causal_gqa_options(q_heads: int, kv_heads: int) -> dict[str, Any]:
-    # the keyword for causal masking and native GQA differ between torch releases
+# The keywords for causal masking and native GQA differ between torch releases; read once at registration,
+# not on every call (the attention runs inside compiled blocks, in every layer of every step).
+_KERNEL: dict[str, Any] = {"causal": {"is_causal": True}, "native_gqa": False}
+
+
+def _read_kernel_keywords() -> None:
     from torch.nn.attention.varlen import varlen_attn
 
     params = inspect.signature(varlen_attn).parameters
-    options: dict[str, Any] = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
-    if q_heads != kv_heads:
-        options.update({"enable_gqa": True} if "enable_gqa" in params else {"repeat_kv": True})
-    return options
+    _KERNEL["causal"] = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    _KERNEL["native_gqa"] = "enable_gqa" in params
 
 
 def register_varlen_attention() -> None:
@@ -72,5 +77,6 @@ def register_varlen_attention() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
 
+    _read_kernel_keywords()
     AttentionInterface.register(NAME, varlen_attention_forward)
     AttentionMaskInterface.register(NAME, flash_attention_mask)
