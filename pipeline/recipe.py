@@ -167,6 +167,10 @@ class TrainingRecipe(_Section):
     torch_compile: bool = Field(False, description="Compile each decoder block with torch.compile (inductor, dynamic "
                                 "shapes, one graph for all blocks and row lengths): fused kernels and far fewer launches "
                                 "per step, after a compile of a minute or so. Pays off on a GPU with short rows.")
+    optimizer: Literal["adamw_torch_fused", "adamw_torch", "adamw_8bit", "paged_adamw_8bit"] = Field(
+        "adamw_torch_fused", description="AdamW as one fused kernel per step (`adamw_torch_fused`), the multi-tensor "
+        "one (`adamw_torch`), or bitsandbytes' 8-bit states (`adamw_8bit`, `paged_adamw_8bit`: a quarter of the "
+        "optimizer memory, CUDA only), which full fine-tuning of larger bases needs.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less memory, ~30% more compute.")
     merge_adapter: bool = Field(True, description="Also save base + adapter folded into one safetensors model, for servers without adapters.")
     eval_examples: int = Field(0, ge=0, description="Train examples held back as an eval slice for eval loss and early stopping; 0 turns both off.")
@@ -175,7 +179,7 @@ class TrainingRecipe(_Section):
         0, ge=0, description="Stop after this many evaluations without a better eval loss; 0 never stops early.")
     distributed: Literal["none", "zero2", "zero3", "fsdp"] = Field(
         "none", description="Sharding across GPUs when the launcher gives more than one: DeepSpeed ZeRO-2/3 or FSDP "
-        "(configs in recipes/accelerate/).")
+        "(configs in recipes/distributed/). The launcher starts it under torchrun even on one GPU; CUDA only.")
 
 
     @model_validator(mode="after")

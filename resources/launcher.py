@@ -44,7 +44,8 @@ class TrainingLauncher(dg.ConfigurableResource):
         )
         invocation = client.run(
             context=context,
-            command=launch_command(self.python, str(spec_path), self.process_count()),
+            command=launch_command(self.python, str(spec_path), self.process_count(),
+                                   sharded=spec["training"].get("distributed", "none") != "none"),
             extras={"spec_path": str(spec_path)},
         )
         messages = invocation.get_custom_messages()

@@ -175,6 +175,43 @@ def test_compiled_blocks_train_to_the_same_losses_as_eager_ones(tiny_model_dir, 
     assert losses[True] == pytest.approx(losses[False], rel=1e-3)
 
 
+def test_real_tokens_are_counted_exactly_when_the_pad_token_ends_each_turn(tiny_model_dir):
+    # SmolLM2 pads with <|im_end|>, its end-of-turn token: counting non-pad ids would miss one per turn
+    from transformers import AutoTokenizer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from pipeline.training.trainer_mixins import real_token_count
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    examples = [{"input_ids": tokenizer("<|im_start|>user\nhi<|im_end|>\n" * n)["input_ids"]} for n in (1, 3, 2)]
+    assert all(end_of_turn in e["input_ids"] for e in examples)
+    real = sum(len(e["input_ids"]) for e in examples)
+    for padding_free in (True, False):
+        collate = DataCollatorForLanguageModeling(pad_token_id=end_of_turn, padding_free=padding_free, pad_to_multiple_of=64)
+        batch = collate(examples)
+        assert batch["input_ids"].numel() > real  # there is padding to leave out
+        assert int(real_token_count(batch)) == real
+
+
+def test_deferred_step_metrics_log_what_trl_logs(tiny_model_dir, tmp_path, monkeypatch):
+    # our training loss keeps TRL's per-step entropy and accuracy on the device until the logging step;
+    # the logs must match TRL's own compute_loss, which reads them every step
+    from pipeline.training import trainer_mixins
+
+    train = canonical_train_file(tmp_path, 24)
+    recipe = training(tiny_model_dir, max_steps=6, logging_steps=3, packing=False, padding_free=True, max_length=512,
+                      gradient_accumulation_steps=2, lora={"dropout": 0.0}, merge_adapter=False)
+    ours = train_sft(train, tiny_model_dir, tmp_path / "ours", recipe, lambda m, x: None)
+    monkeypatch.setattr(trainer_mixins.DeferredSftMetrics, "_plain_training_loss", lambda self, model, outputs: False)
+    trl_path = train_sft(train, tiny_model_dir, tmp_path / "trl", recipe, lambda m, x: None)
+    keys = ("loss", "grad_norm", "entropy", "mean_token_accuracy", "num_tokens")
+    logged = [h[k] for h in ours.log_history if "loss" in h for k in keys]
+    expected = [h[k] for h in trl_path.log_history if "loss" in h for k in keys]
+    assert len(logged) == 2 * len(keys) and logged == pytest.approx(expected, rel=1e-5)
+    assert ours.tokens_seen == trl_path.tokens_seen == logged[-1]
+
+
 def test_padding_free_refuses_examples_longer_than_max_length(tiny_model_dir, tmp_path):
     recipe = training(tiny_model_dir, max_steps=1, packing=False, padding_free=True, max_length=24)
     with pytest.raises(ValueError, match="longer than training.max_length=24"):
@@ -256,23 +293,84 @@ def test_several_gpus_run_under_torchrun_with_the_shipped_configs():
     assert config.fsdp_config["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]
 
 
-def test_two_processes_under_torchrun_train_one_model_and_report_once(tiny_model_dir, tmp_path):
-    # the launcher's multi-process path on CPU (gloo, data parallel): FSDP and ZeRO need GPUs, see bench/
+@pytest.fixture
+def s3_server(monkeypatch):
+    """A local S3 (moto's server) that separate processes reach through AWS_ENDPOINT_URL."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    boto3.client("s3").create_bucket(Bucket="models")
+    yield env
+    server.stop()
+
+
+def test_two_processes_resume_from_s3_and_run_dpo_after_sft(tiny_model_dir, tmp_path, s3_server):
+    # the launcher's multi-process path on CPU (gloo, data parallel; FSDP and ZeRO need GPUs, see bench/): rank 0
+    # alone reports, a fresh disk resumes from the mirrored checkpoint with every rank waiting for the download,
+    # and DPO's adapter is gathered on every rank and written once
     import os
 
+    from pipeline.training.checkpoint_mirror import remote_checkpoints
     from pipeline.training.distributed import launch_command
 
-    out = tmp_path / "run"
-    spec = {"train_path": str(canonical_train_file(tmp_path, 32)), "base_path": str(tiny_model_dir), "output_dir": str(out),
-            "training": training(tiny_model_dir, max_steps=4, batch_size=2, logging_steps=1).model_dump()}
-    (tmp_path / "spec.json").write_text(json.dumps(spec))
-    run = subprocess.run(launch_command(sys.executable, str(tmp_path / "spec.json"), 2), cwd=PROJECT_ROOT,
-                         capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert sum(" step 1/4 " in line for line in run.stderr.splitlines()) == 1  # rank 0 alone reports
-    result = json.loads((out / "result.json").read_text())
-    assert result["global_step"] == 4 and Path(result["adapter_path"], "adapter_model.safetensors").exists()
-    assert Path(result["model_path"], "model.safetensors").exists()
+    def run_two_ranks(name: str, **spec) -> tuple[str, dict]:
+        (tmp_path / f"{name}.json").write_text(json.dumps({"output_dir": str(tmp_path / name), **spec}))
+        done = subprocess.run(launch_command(sys.executable, str(tmp_path / f"{name}.json"), 2), cwd=PROJECT_ROOT,
+                              capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stderr, json.loads((tmp_path / name / "result.json").read_text())
+
+    uri = "s3://models/runs/r3/sft/checkpoints"
+    sft = {"train_path": str(canonical_train_file(tmp_path, 32)), "base_path": str(tiny_model_dir), "checkpoint_uri": uri}
+    log, first = run_two_ranks("pod-a", **sft, training=training(
+        tiny_model_dir, max_steps=4, save_steps=2, batch_size=2, logging_steps=1).model_dump())
+    assert sum(" step 1/4 " in line for line in log.splitlines()) == 1  # rank 0 alone reports
+    assert first["global_step"] == 4 and Path(first["adapter_path"], "adapter_model.safetensors").exists()
+    assert Path(first["model_path"], "model.safetensors").exists()
+    assert set(remote_checkpoints(uri)) == {"checkpoint-2", "checkpoint-4"}
+
+    recipe = training(tiny_model_dir, max_steps=6, save_steps=2, batch_size=2, logging_steps=1, merge_adapter=False)
+    log, again = run_two_ranks("pod-b", **sft, training=recipe.model_dump())
+    assert again["resumed_from"] == "checkpoint-4" and again["global_step"] == 6
+    assert sum("resuming from checkpoint-4" in line for line in log.splitlines()) == 1
+
+    dpo = {"enabled": True, "max_steps": 2, "batch_size": 2, "max_length": 128, "logging_steps": 1}
+    _, tuned = run_two_ranks("dpo", stage="dpo", train_path=str(PROJECT_ROOT / "data/sample/preferences.jsonl"),
+                             base_path=str(tiny_model_dir), training=recipe.model_dump(), dpo=dpo, sft_result=again)
+    from safetensors.torch import load_file
+
+    adapter = load_file(Path(tuned["adapter_path"], "adapter_model.safetensors"))
+    before = load_file(Path(again["adapter_path"], "adapter_model.safetensors"))
+    assert tuned["global_step"] == 2 and set(adapter) == set(before)  # the trained adapter, not TRL's frozen `ref`
+    assert any(not torch.equal(adapter[k], before[k]) for k in before)
+
+
+def test_sharded_recipes_start_under_torchrun_and_refuse_to_run_unsharded(tiny_model_dir, tmp_path, monkeypatch):
+    # accelerate would silently train unsharded without GPUs or without a distributed launcher
+    from pipeline.training.distributed import launch_command
+    from pipeline.training.methods import check_method_runs_here
+
+    assert launch_command("py", "s.json", 1, sharded=True)[:4] == ["py", "-m", "torch.distributed.run", "--standalone"]
+    assert "--nproc-per-node=1" in launch_command("py", "s.json", 0, sharded=True)
+    for distributed in ("zero2", "zero3", "fsdp"):
+        recipe = training(tiny_model_dir, distributed=distributed)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        with pytest.raises(MethodUnavailable, match="has none"):
+            check_method_runs_here(recipe)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+        with pytest.raises(MethodUnavailable, match="distributed launcher"):
+            check_method_runs_here(recipe)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(MethodUnavailable, match="8-bit states"):
+        check_method_runs_here(training(tiny_model_dir, optimizer="adamw_8bit"))
 
 
 def test_dpo_after_full_fine_tuning_trains_the_full_model(tiny_model_dir, tmp_path):

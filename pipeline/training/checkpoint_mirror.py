@@ -6,6 +6,7 @@ marker is a half-uploaded one and is never restored. Rotation follows the local 
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 from pipeline.training.checkpoints import _CHECKPOINT, COMPLETE_MARKER, is_complete, latest_complete
@@ -86,11 +87,16 @@ def mirror_callback(uri: str):
     return CheckpointMirror()
 
 
-def resume_point(checkpoint_dir: Path, uri: str | None, report) -> Path | None:
+def resume_point(checkpoint_dir: Path, uri: str | None, report, args=None) -> Path | None:
     """The checkpoint a retried attempt continues from: restored from the store first when mirrored, then the
-    latest complete one on disk; says so through `report(message, metrics)`."""
+    latest complete one on disk; says so through `report(message, metrics)`.
+
+    With several processes (`args`, the TrainingArguments), each machine's first process restores while the
+    others wait, then all of them pick the same checkpoint from the now complete local copy."""
     if uri:
-        restore_latest(uri, checkpoint_dir)
+        first = args.main_process_first(local=True, desc="checkpoint restore") if args else nullcontext()
+        with first:
+            restore_latest(uri, checkpoint_dir)
     resume = latest_complete(checkpoint_dir)
     if resume is not None:
         report(f"resuming from {resume.name} (a previous attempt's latest complete checkpoint)", {})

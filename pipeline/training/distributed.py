@@ -20,10 +20,11 @@ def trainer_args(distributed: str) -> dict[str, Any]:
     return {"deepspeed": str(CONFIGS[distributed])}  # "auto" fields are filled from the TrainingArguments
 
 
-def launch_command(python: str, spec_path: str, gpus: int) -> list[str]:
-    """`python -m pipeline.training` for one GPU (or none); torchrun with one process per GPU for more."""
+def launch_command(python: str, spec_path: str, gpus: int, sharded: bool = False) -> list[str]:
+    """`python -m pipeline.training` for one GPU (or none); torchrun with one process per GPU for more, and
+    for a sharded recipe (ZeRO/FSDP) even on one GPU, since accelerate only shards under a distributed launcher."""
     workload = ["-m", "pipeline.training", "--spec", spec_path]
-    if gpus <= 1:
+    if gpus <= 1 and not sharded:
         return [python, *workload]
     # torch.distributed.run is torchrun; every rank runs the workload, rank 0 alone reports
-    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", *workload]
+    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={max(gpus, 1)}", *workload]

@@ -45,6 +45,19 @@ def _policy(base_path: Path, sft: dict[str, Any], training: TrainingRecipe):
     return AutoModelForCausalLM.from_pretrained(sft["model_path"], dtype=torch.float32)
 
 
+def save_trained_adapter(trainer: Any, target: Path) -> Path:
+    """Save the trained adapter (`default`) without TRL's frozen reference copy (`ref`).
+
+    Called on every rank: under ZeRO-3 or FSDP each rank holds a shard, and gathering the full state dict is a
+    collective; rank 0 then writes the adapter's part of it as safetensors."""
+    state = trainer.accelerator.get_state_dict(trainer.model)
+    if trainer.is_world_process_zero():
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(
+            target, state_dict=state, selected_adapters=["default"], safe_serialization=True)
+    trainer.accelerator.wait_for_everyone()
+    return target
+
+
 def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any], output_dir: Path,
               training: TrainingRecipe, recipe: DpoRecipe, reporter: Reporter,
               checkpoint_uri: str | None = None) -> dict[str, Any]:
@@ -84,6 +97,8 @@ def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any],
         data_seed=training.seed,
         dataloader_num_workers=0,
         disable_tqdm=True,
+        logging_nan_inf_filter=False,
+        optim=training.optimizer,
         **device_flags(training),
         **trainer_args(training.distributed),
     )
@@ -91,24 +106,22 @@ def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any],
                          callbacks=[reporting_callback(reporter), marker_callback()]
                          + ([mirror_callback(checkpoint_uri)] if checkpoint_uri else []))
     trainer.remove_callback(PrinterCallback)
-    resume = resume_point(checkpoint_dir, checkpoint_uri, reporter)
+    resume = resume_point(checkpoint_dir, checkpoint_uri, reporter, trainer.args)
     started = time.monotonic()
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     runtime = time.monotonic() - started
 
-    if not trainer.is_world_process_zero():  # rank 0 saves and reports (ZeRO-3/FSDP gathering for DPO: untested)
-        return {}
     adapter_dir = model_dir = None
     if sft["adapter_path"]:
-        adapter_dir = output_dir / "adapter"
-        trainer.model.save_pretrained(adapter_dir, safe_serialization=True, selected_adapters=["default"])
-        tokenizer.save_pretrained(adapter_dir)
-        if training.merge_adapter:
-            model_dir = merge_adapter(base_path, adapter_dir, output_dir / "merged")
+        adapter_dir = save_trained_adapter(trainer, output_dir / "adapter")
     else:
         model_dir = output_dir / "model"
-        trainer.save_model(str(model_dir))
-        tokenizer.save_pretrained(model_dir)
+        trainer.save_model(str(model_dir))  # every rank: the Trainer gathers sharded weights, rank 0 writes
+    if not trainer.is_world_process_zero():  # other ranks are done; rank 0 reports
+        return {}
+    tokenizer.save_pretrained(adapter_dir or model_dir)
+    if adapter_dir and training.merge_adapter:
+        model_dir = merge_adapter(base_path, adapter_dir, output_dir / "merged")
     adapter_sha = file_sha256(adapter_dir / "adapter_model.safetensors") if adapter_dir else None
     model_sha = weights_sha256(model_dir) if model_dir else None
     return {

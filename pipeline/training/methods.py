@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +21,35 @@ def check_method_runs_here(recipe: TrainingRecipe) -> None:
 
         if reason := varlen_available():
             raise MethodUnavailable(reason)
-    if recipe.method != "qlora":
-        return
     import torch
 
-    if not torch.cuda.is_available():
+    gpu = torch.cuda.is_available()
+    if recipe.method == "qlora" and not gpu:
         raise MethodUnavailable(
             "method qlora needs a CUDA GPU: its 4-bit NF4 weights run on bitsandbytes' CUDA kernels, and this "
             "machine has none. Use `method: lora` (same adapter, full-precision base) or run on a GPU.")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise MethodUnavailable("method qlora needs the `bitsandbytes` package; install it (`pip install bitsandbytes`).")
+    if recipe.optimizer.endswith("8bit") and not gpu:
+        raise MethodUnavailable(f"optimizer {recipe.optimizer} needs a CUDA GPU (bitsandbytes' 8-bit states); "
+                                "use `adamw_torch_fused` here.")
+    if (recipe.method == "qlora" or recipe.optimizer.endswith("8bit")) and importlib.util.find_spec("bitsandbytes") is None:
+        raise MethodUnavailable("method qlora and the 8-bit optimizers need the `bitsandbytes` package; install it "
+                                "(`pip install bitsandbytes`).")
+    if recipe.distributed != "none":
+        _check_sharding_runs_here(recipe.distributed, gpu)
+
+
+def _check_sharding_runs_here(distributed: str, gpu: bool) -> None:
+    # accelerate honours FSDP and DeepSpeed only on GPUs under a distributed launcher; elsewhere it would
+    # silently train unsharded, with a different memory footprint than the recipe promises
+    if not gpu:
+        raise MethodUnavailable(f"training.distributed {distributed} shards over CUDA GPUs and this machine has none; "
+                                "use `distributed: none` on CPU.")
+    if "LOCAL_RANK" not in os.environ:
+        raise MethodUnavailable(f"training.distributed {distributed} needs a distributed launcher (torchrun, one "
+                                "process per GPU); the training launcher starts one whenever the recipe shards.")
+    if distributed.startswith("zero") and importlib.util.find_spec("deepspeed") is None:
+        raise MethodUnavailable(f"training.distributed {distributed} needs the `deepspeed` package; install it "
+                                "(`pip install deepspeed`).")
 
 
 def peft_config(recipe: TrainingRecipe):

@@ -69,19 +69,6 @@ def device_flags(recipe: TrainingRecipe) -> dict[str, Any]:
     return {"bf16": cpu_has_bf16(), "fp16": False, "use_cpu": True}
 
 
-class CachedFlopCount:
-    """Trainer mixin: the FLOP count in the logs uses a parameter count taken once. The Trainer recounts every step
-    by walking the whole module tree, milliseconds of host time per step for a LoRA-wrapped 1B model, which a
-    short-row GPU step (tens of milliseconds) can't hide."""
-
-    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
-        if not hasattr(self, "_flop_params"):
-            count = getattr(self.model, "num_parameters", None)
-            self._flop_params = count(exclude_embeddings=True) if count else 0
-        main_input = getattr(self.model, "main_input_name", "input_ids")
-        return 6 * inputs[main_input].numel() * self._flop_params if main_input in inputs else 0
-
-
 def compile_repeated_blocks(model: Any) -> int:
     """Compile each repeated block (the decoder layers) in place, with dynamic shapes; returns how many.
 
@@ -144,6 +131,7 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
     from trl import SFTConfig, SFTTrainer
 
     from pipeline.models.base_model import file_sha256, weights_sha256
+    from pipeline.training.trainer_mixins import CachedFlopCount, DeferredSftMetrics
 
     check_method_runs_here(recipe)
     set_seed(recipe.seed)
@@ -186,7 +174,9 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
         report_to=[],
         seed=recipe.seed,
         data_seed=recipe.seed,
-        include_num_input_tokens_seen="non_padding",
+        include_num_input_tokens_seen="non_padding",  # counted exactly, see trainer_mixins.real_token_count
+        logging_nan_inf_filter=False,  # a NaN loss is reported as NaN (the filter also costs a host sync per step)
+        optim=recipe.optimizer,
         dataloader_num_workers=0,
         disable_tqdm=True,
         **device_flags(recipe),
@@ -198,7 +188,7 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
     if evaluating and recipe.early_stopping_patience:
         callbacks.append(early_stopping_callback(recipe.early_stopping_patience))
     callbacks += extra_callbacks or []
-    trainer_class = type("PipelineSFTTrainer", (CachedFlopCount, SFTTrainer), {})
+    trainer_class = type("PipelineSFTTrainer", (CachedFlopCount, DeferredSftMetrics, SFTTrainer), {})
     trainer = trainer_class(model=model, args=config, train_dataset=Dataset.from_list(train_rows),
                             eval_dataset=Dataset.from_list(eval_rows) if evaluating else None,
                             processing_class=tokenizer, peft_config=peft_config(recipe), callbacks=callbacks)
@@ -208,7 +198,7 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
     if _unpacked_padding_free(recipe):
         check_lengths(trainer.train_dataset, recipe.max_length)
 
-    resume = resume_point(checkpoint_dir, checkpoint_uri, reporter)
+    resume = resume_point(checkpoint_dir, checkpoint_uri, reporter, trainer.args)
     started = time.monotonic()
     train_loss = None
     if recipe.max_steps != 0:  # zero steps: save the untouched adapter (B = 0), identical to the base
