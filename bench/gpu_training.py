@@ -235,7 +235,11 @@ def run_ours(model_dir: Path, train_path: Path, recipe: TrainingRecipe, out_dir:
     def report(message: str, metrics: dict) -> None:
         if "loss" in metrics:
             losses.append(metrics["loss"])
+        print(f"[{label} {time.strftime('%H:%M:%S')}] {message}", flush=True)  # progress, for runs cut off by a limit
 
+    from torch._dynamo.utils import counters
+
+    skips_before = counters["inductor"]["cudagraph_skips"]
     start = time.perf_counter()
     clock = step_clock()
     result = train_sft(train_path, model_dir, out_dir, recipe, report,
@@ -244,7 +248,8 @@ def run_ours(model_dir: Path, train_path: Path, recipe: TrainingRecipe, out_dir:
     return {"seconds": result.train_runtime_s, "wall_with_setup_s": seconds, "real_tokens": real_tokens,
             "trainer_tokens_seen": result.tokens_seen,
             "steps": result.global_step, "steady_steps_per_s": clock.steady_steps_per_s(), "peak_gib": _peak_gib(),
-            "final_loss": sum(losses[-3:]) / max(len(losses[-3:]), 1), "losses": losses}
+            "final_loss": sum(losses[-3:]) / max(len(losses[-3:]), 1), "losses": losses,
+            "cudagraph_skips": counters["inductor"]["cudagraph_skips"] - skips_before}
 
 
 def main() -> None:
@@ -260,7 +265,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    import torch._inductor.config as inductor_config
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     params = build_model_dir(args.model, args.tokenizer, work / "model")
@@ -275,29 +279,28 @@ def main() -> None:
                 "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
                 "save_steps": 10**6, "merge_adapter": False}  # the baseline saves nothing either
     overrides = [json.loads(o) for o in args.ours]
-    # "_cudnn_sdp": false runs that variant with cuDNN attention off (SDPA then picks flash or mem-efficient);
-    # "_cudagraphs": true has inductor replay compiled blocks as CUDA graphs (one recording per row length)
+    # "_cudnn_sdp": false runs that variant with cuDNN attention off (SDPA then picks flash or mem-efficient)
     cudnn_sdp = [o.pop("_cudnn_sdp", True) for o in overrides]
-    cudagraphs = [o.pop("_cudagraphs", False) for o in overrides]
     recipes = [TrainingRecipe.model_validate({**defaults, **o}) for o in overrides]
+    if any(r.cuda_graphs for r in recipes):
+        torch._logging.set_logs(perf_hints=True)  # says why inductor skips a graph, if it does
     results = {"baseline": run_baseline(work / "model", work / "train.jsonl", args.method, args.batch_size,
                                         work / "baseline", args.profile)}
-    summarise(results, args, params, examples, gpu, peak, recipes, cudnn_sdp, cudagraphs)
+    summarise(results, args, params, examples, gpu, peak, recipes, cudnn_sdp)
     for i, recipe in enumerate(recipes):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         torch.backends.cuda.enable_cudnn_sdp(cudnn_sdp[i])
-        inductor_config.triton.cudagraphs = cudagraphs[i]
         try:
             results[f"ours{i}"] = run_ours(work / "model", work / "train.jsonl", recipe, work / f"ours{i}", f"ours{i}",
                                           args.profile, results["baseline"]["real_tokens"])
         except Exception as e:  # one variant failing (OOM, a kernel missing) must not hide the others
             print(f"ours{i} failed: {type(e).__name__}: {str(e)[:300]}")
-        summarise(results, args, params, examples, gpu, peak, recipes, cudnn_sdp, cudagraphs)
+        summarise(results, args, params, examples, gpu, peak, recipes, cudnn_sdp)
 
 
 def summarise(results: dict, args, params: int, examples: int, gpu: str, peak: float | None, recipes: list,
-              cudnn_sdp: list, cudagraphs: list) -> None:
+              cudnn_sdp: list) -> None:
     """Print the table and the ratios to the baseline; write the JSON (called after every run, so a run cut off
     by a time limit still leaves what it finished)."""
     base = results["baseline"]
@@ -325,7 +328,7 @@ def summarise(results: dict, args, params: int, examples: int, gpu: str, peak: f
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"model": args.model, "params": params, "method": args.method, "gpu": gpu,
                                         "examples": examples, "recipes": [r.model_dump() for r in recipes],
-                                        "cudnn_sdp": cudnn_sdp, "cudagraphs": cudagraphs, "command": " ".join(sys.argv), **results}, indent=2))
+                                        "cudnn_sdp": cudnn_sdp, "command": " ".join(sys.argv), **results}, indent=2))
 
 
 if __name__ == "__main__":

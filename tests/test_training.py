@@ -426,3 +426,21 @@ def test_training_with_a_checkpoint_uri_resumes_on_a_fresh_disk(tiny_model_dir, 
                           merge_adapter=False), lambda m, x: reports.append(m), checkpoint_uri=uri)
     assert again.resumed_from == "checkpoint-4" and again.global_step == 6
     assert any(m.startswith("resuming from checkpoint-4") for m in reports)
+
+
+def test_lean_step_host_trains_and_evaluates_exactly_as_the_trainer_does(tiny_model_dir, tmp_path, monkeypatch):
+    # zeroing and clipping only the trainable parameters, and train() only on a change of mode, must log the
+    # same losses, gradient norms and eval losses as the Trainer's own per-step calls
+    from pipeline.training import trainer_mixins
+
+    train = canonical_train_file(tmp_path, 40)
+    recipe = training(tiny_model_dir, max_steps=6, logging_steps=1, eval_examples=8, eval_steps=2, lora={"dropout": 0.1},
+                      learning_rate=0.05, merge_adapter=False)
+    lean = train_sft(train, tiny_model_dir, tmp_path / "lean", recipe, lambda m, x: None)
+    monkeypatch.delattr(trainer_mixins.LeanStepHost, "training_step")
+    monkeypatch.delattr(trainer_mixins.LeanStepHost, "_clip_grad_norm")
+    plain = train_sft(train, tiny_model_dir, tmp_path / "plain", recipe, lambda m, x: None)
+    keys = ("loss", "grad_norm", "eval_loss")
+    logged, expected = ([h.get(k) for h in r.log_history for k in keys if k in h] for r in (lean, plain))
+    assert len(logged) == 6 * 2 + 3 and logged == pytest.approx(expected, rel=1e-6)
+    assert lean.adapter_sha256 == plain.adapter_sha256

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# On a GPU machine without network access: install the wheels carried in .whl/ (trl, datasets, peft, transformers,
+# deepspeed, pydantic, ...) over the machine's own torch, into /tmp/site. Source it: it exports PYTHONPATH.
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 ... -d .whl trl==1.16.0 datasets==5.2.0 ...
+#   pip wheel --no-deps deepspeed -w .whl        # deepspeed ships only an sdist
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+python3 - <<'PY'
+import importlib.metadata as md
+import torch
+print("gpu:", torch.cuda.get_device_name(), "x", torch.cuda.device_count(), "| torch", torch.__version__, "|",
+      ", ".join(f"{p} {md.version(p)}" for p in ("transformers", "trl", "peft", "datasets", "accelerate", "pyarrow", "deepspeed")))
+PY
