@@ -444,3 +444,36 @@ def test_lean_step_host_trains_and_evaluates_exactly_as_the_trainer_does(tiny_mo
     logged, expected = ([h.get(k) for h in r.log_history for k in keys if k in h] for r in (lean, plain))
     assert len(logged) == 6 * 2 + 3 and logged == pytest.approx(expected, rel=1e-6)
     assert lean.adapter_sha256 == plain.adapter_sha256
+
+
+class _ZeroStage3:
+    """What a ZeRO-3 Trainer registers in transformers for the life of its arguments."""
+
+    def is_zero3(self) -> bool:
+        return True
+
+
+def test_adapter_merges_into_whole_weights_while_a_zero3_run_is_active(tiny_model_dir, tmp_path, monkeypatch):
+    # under ZeRO-3 every from_pretrained partitions its weights; the merge must load the base whole anyway
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    from pipeline.training.sft import merge_adapter
+
+    torch.manual_seed(0)
+    adapter = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                             LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    adapter.save_pretrained(tmp_path / "adapter")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "adapter")
+    zero3 = _ZeroStage3()
+    monkeypatch.setattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
+    hf_deepspeed.set_hf_deepspeed_config(zero3)
+    assert hf_deepspeed.is_deepspeed_zero3_enabled()
+    merged = merge_adapter(tiny_model_dir, tmp_path / "adapter", tmp_path / "merged")
+    assert hf_deepspeed.is_deepspeed_zero3_enabled()  # the training run's setting is back
+    weights, base = load_file(merged / "model.safetensors"), load_file(tiny_model_dir / "model.safetensors")
+    assert weights.keys() == base.keys()
+    assert all(weights[k].shape == base[k].shape for k in base)
+    assert not torch.equal(weights["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"].float())

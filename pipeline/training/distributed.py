@@ -3,6 +3,8 @@ process per GPU. The configs live in recipes/distributed/ so they are reviewed a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pipeline.paths import PROJECT_ROOT
@@ -28,3 +30,22 @@ def launch_command(python: str, spec_path: str, gpus: int, sharded: bool = False
         return [python, *workload]
     # torch.distributed.run is torchrun; every rank runs the workload, rank 0 alone reports
     return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={max(gpus, 1)}", *workload]
+
+
+@contextmanager
+def whole_model_loading() -> Iterator[None]:
+    """Models loaded inside this block are whole, even in a process that trains under ZeRO-3.
+
+    While a ZeRO-3 Trainer exists, `from_pretrained` partitions every weight it loads (each rank keeps a
+    slice, numel 0 outside a forward hook). Merging an adapter into such a base fails with "The size of tensor
+    a (0) must match the size of tensor b (hidden)"; seen on an H100 with deepspeed 0.19.8. The merge wants
+    the full weights on the one rank that writes them."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    active = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if active is not None and active() is not None:
+            hf_deepspeed.set_hf_deepspeed_config(active())

@@ -12,7 +12,7 @@ from typing import Any
 
 from pipeline.recipe import TrainingRecipe
 from pipeline.training.checkpoint_mirror import mirror_callback, resume_point
-from pipeline.training.distributed import trainer_args
+from pipeline.training.distributed import trainer_args, whole_model_loading
 from pipeline.training.checkpoints import marker_callback
 from pipeline.training.cuda_graphs import ROW_BUCKET, CudaGraphSteps, GraphShapedRows, compile_blocks_with_graphs
 from pipeline.training.methods import check_method_runs_here, load_base, peft_config
@@ -124,8 +124,9 @@ def merge_adapter(base_path: Path, adapter_dir: Path, target: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     # a fresh full-precision base, so a QLoRA adapter is merged into real weights, not 4-bit ones
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    with whole_model_loading():
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+        merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(target, safe_serialization=True)
     AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(target)
     return target
