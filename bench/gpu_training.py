@@ -237,9 +237,6 @@ def run_ours(model_dir: Path, train_path: Path, recipe: TrainingRecipe, out_dir:
             losses.append(metrics["loss"])
         print(f"[{label} {time.strftime('%H:%M:%S')}] {message}", flush=True)  # progress, for runs cut off by a limit
 
-    from torch._dynamo.utils import counters
-
-    skips_before = counters["inductor"]["cudagraph_skips"]
     start = time.perf_counter()
     clock = step_clock()
     result = train_sft(train_path, model_dir, out_dir, recipe, report,
@@ -248,8 +245,7 @@ def run_ours(model_dir: Path, train_path: Path, recipe: TrainingRecipe, out_dir:
     return {"seconds": result.train_runtime_s, "wall_with_setup_s": seconds, "real_tokens": real_tokens,
             "trainer_tokens_seen": result.tokens_seen,
             "steps": result.global_step, "steady_steps_per_s": clock.steady_steps_per_s(), "peak_gib": _peak_gib(),
-            "final_loss": sum(losses[-3:]) / max(len(losses[-3:]), 1), "losses": losses,
-            "cudagraph_skips": counters["inductor"]["cudagraph_skips"] - skips_before}
+            "final_loss": sum(losses[-3:]) / max(len(losses[-3:]), 1), "losses": losses}
 
 
 def main() -> None:
@@ -282,8 +278,6 @@ def main() -> None:
     # "_cudnn_sdp": false runs that variant with cuDNN attention off (SDPA then picks flash or mem-efficient)
     cudnn_sdp = [o.pop("_cudnn_sdp", True) for o in overrides]
     recipes = [TrainingRecipe.model_validate({**defaults, **o}) for o in overrides]
-    if any(r.cuda_graphs for r in recipes):
-        torch._logging.set_logs(perf_hints=True)  # says why inductor skips a graph, if it does
     results = {"baseline": run_baseline(work / "model", work / "train.jsonl", args.method, args.batch_size,
                                         work / "baseline", args.profile)}
     summarise(results, args, params, examples, gpu, peak, recipes, cudnn_sdp)

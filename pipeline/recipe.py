@@ -167,10 +167,6 @@ class TrainingRecipe(_Section):
     torch_compile: bool = Field(False, description="Compile each decoder block with torch.compile (inductor, dynamic "
                                 "shapes, one graph for all blocks and row lengths): fused kernels and far fewer launches "
                                 "per step, after a compile of a minute or so. Pays off on a GPU with short rows.")
-    cuda_graphs: bool = Field(False, description="With torch_compile on a GPU: replay each compiled block's forward and "
-                              "backward as CUDA graphs (one recording per row length; rows are padded to multiples of 256 "
-                              "tokens). Removes the host's per-kernel launch cost, which bounds short-row LoRA steps. Needs "
-                              "padding-free or packed rows, no gradient accumulation and no gradient checkpointing.")
     optimizer: Literal["adamw_torch_fused", "adamw_torch", "adamw_8bit", "paged_adamw_8bit"] = Field(
         "adamw_torch_fused", description="AdamW as one fused kernel per step (`adamw_torch_fused`), the multi-tensor "
         "one (`adamw_torch`), or bitsandbytes' 8-bit states (`adamw_8bit`, `paged_adamw_8bit`: a quarter of the "
@@ -190,20 +186,6 @@ class TrainingRecipe(_Section):
     def _varlen_needs_flat_rows(self) -> "TrainingRecipe":
         if self.attn_implementation == "varlen" and not (self.packing or self.padding_free):
             raise ValueError("training.attn_implementation varlen needs training.packing or training.padding_free")
-        return self
-
-    @model_validator(mode="after")
-    def _cuda_graphs_need_fixed_steps(self) -> "TrainingRecipe":
-        if not self.cuda_graphs:
-            return self
-        # a recorded graph needs compiled blocks and few row shapes; its static gradients are overwritten by the
-        # next micro-batch, and re-running blocks for checkpointing would replay graphs inside the backward pass
-        wrong = [reason for reason, bad in [
-            ("torch_compile", not self.torch_compile), ("packing or padding_free", not (self.packing or self.padding_free)),
-            ("gradient_accumulation_steps 1", self.gradient_accumulation_steps != 1),
-            ("gradient_checkpointing off", self.gradient_checkpointing), ("distributed none", self.distributed != "none")] if bad]
-        if wrong:
-            raise ValueError(f"training.cuda_graphs needs {', '.join(wrong)}")
         return self
 
 

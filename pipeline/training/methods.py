@@ -34,12 +34,6 @@ def check_method_runs_here(recipe: TrainingRecipe) -> None:
     if (recipe.method == "qlora" or recipe.optimizer.endswith("8bit")) and importlib.util.find_spec("bitsandbytes") is None:
         raise MethodUnavailable("method qlora and the 8-bit optimizers need the `bitsandbytes` package; install it "
                                 "(`pip install bitsandbytes`).")
-    if recipe.cuda_graphs and not gpu:
-        raise MethodUnavailable("training.cuda_graphs records CUDA graphs and this machine has no CUDA GPU; "
-                                "turn it off here (`torch_compile` alone still fuses the blocks).")
-    if recipe.cuda_graphs and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise MethodUnavailable("training.cuda_graphs runs in one process: gradient all-reduce hooks on the graphs' "
-                                "static gradients are not supported; turn it off for several GPUs.")
     if recipe.distributed != "none":
         _check_sharding_runs_here(recipe.distributed, gpu)
 

@@ -14,7 +14,6 @@ from pipeline.recipe import TrainingRecipe
 from pipeline.training.checkpoint_mirror import mirror_callback, resume_point
 from pipeline.training.distributed import trainer_args, whole_model_loading
 from pipeline.training.checkpoints import marker_callback
-from pipeline.training.cuda_graphs import ROW_BUCKET, CudaGraphSteps, GraphShapedRows, compile_blocks_with_graphs
 from pipeline.training.methods import check_method_runs_here, load_base, peft_config
 from pipeline.training.monitoring import Reporter, early_stopping_callback, peak_memory_mb, reporting_callback
 
@@ -94,15 +93,6 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _row_multiple(recipe: TrainingRecipe) -> int | None:
-    """Flattened rows on a GPU are padded to a multiple of 64 tokens, so there are a few lengths instead of a new
-    one every step: cuDNN attention builds a plan per new shape (~5 ms per layer call), and a compiled graph
-    specialises on it. CUDA graphs record once per length, so they get coarser buckets."""
-    if not (_on_gpu() and (recipe.padding_free or recipe.packing)):
-        return None
-    return ROW_BUCKET if recipe.cuda_graphs else 64
-
-
 def _unpacked_padding_free(recipe: TrainingRecipe) -> bool:
     return recipe.padding_free and not recipe.packing
 
@@ -173,7 +163,9 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
         completion_only_loss=True,
         packing=recipe.packing,  # best-fit packing; transformers keeps attention inside each example via position_ids
         padding_free=recipe.padding_free,
-        pad_to_multiple_of=_row_multiple(recipe),
+        # on a GPU, rows padded to a multiple of 64 give a few lengths instead of a new one every step: cuDNN
+        # attention builds a plan per new shape (~5 ms per layer call), and a compiled graph specialises on it
+        pad_to_multiple_of=64 if _on_gpu() and (recipe.padding_free or recipe.packing) else None,
         logging_steps=recipe.logging_steps,
         save_strategy="steps",
         save_steps=recipe.save_steps,
@@ -197,16 +189,12 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
     if evaluating and recipe.early_stopping_patience:
         callbacks.append(early_stopping_callback(recipe.early_stopping_patience))
     callbacks += extra_callbacks or []
-    mixins = (CudaGraphSteps,) if recipe.cuda_graphs else ()
-    trainer_class = type("PipelineSFTTrainer", (*mixins, LeanStepHost, CachedFlopCount, DeferredSftMetrics, SFTTrainer), {})
+    trainer_class = type("PipelineSFTTrainer", (LeanStepHost, CachedFlopCount, DeferredSftMetrics, SFTTrainer), {})
     trainer = trainer_class(model=model, args=config, train_dataset=Dataset.from_list(train_rows),
                             eval_dataset=Dataset.from_list(eval_rows) if evaluating else None,
                             processing_class=tokenizer, peft_config=peft_config(recipe), callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # progress goes through the reporter, not raw dicts on stdout
-    if recipe.cuda_graphs:
-        trainer.data_collator = GraphShapedRows(trainer.data_collator, recipe.max_length)
-        reporter(f"compiled {compile_blocks_with_graphs(trainer.model)} repeated blocks with CUDA graphs", {})
-    elif recipe.torch_compile:
+    if recipe.torch_compile:
         reporter(f"compiled {compile_repeated_blocks(trainer.model)} repeated blocks (dynamic shapes)", {})
     if _unpacked_padding_free(recipe):
         check_lengths(trainer.train_dataset, recipe.max_length)
