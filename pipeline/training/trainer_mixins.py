@@ -106,7 +106,6 @@ class DeferredSftMetrics(DeferredTokenCount):
         super().log(logs, start_time)
 
 
-
 class LeanStepHost:
     """Per-step host work that walks the module tree is done from a cached list of the trainable parameters.
 
@@ -130,20 +129,20 @@ class LeanStepHost:
 
     def training_step(self, model, *args, **kwargs):
         if not self._sharded() and not getattr(model, "_lean_host", False):
-            lean_module_calls(model, self._trainable_parameters)
+            lean_module_calls(model, self._trainable_parameters())
         return super().training_step(model, *args, **kwargs)
 
 
-def lean_module_calls(model: Any, trainable) -> None:
+def lean_module_calls(model: Any, trainable: list) -> None:
     """Give this module instance a `train()` that recurses only on a change of mode and a `zero_grad()` over
-    `trainable()` (a callable returning the trainable parameters)."""
+    the `trainable` parameters alone."""
     full_train = model.train
 
     def train(mode: bool = True):
         return model if model.training == mode else full_train(mode)
 
     def zero_grad(set_to_none: bool = True) -> None:
-        for p in trainable():
+        for p in trainable:
             if set_to_none:
                 p.grad = None
             elif p.grad is not None:
