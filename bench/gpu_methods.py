@@ -12,10 +12,12 @@ the SFT ones (gathered from every shard under ZeRO-3/FSDP). Under torchrun, rank
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -73,7 +75,11 @@ def main() -> None:
     parser.add_argument("--dpo-steps", type=int, default=0, help="DPO steps after each SFT run (0: none)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-methods"))
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--stacks-after", type=float, default=0,
+                        help="print every thread's stack and exit after this many seconds (0: never), to see where a hang sits")
     args = parser.parse_args()
+    if args.stacks_after:
+        faulthandler.dump_traceback_later(args.stacks_after, exit=True)
 
     import torch
 
@@ -101,12 +107,14 @@ def main() -> None:
                                    lambda msg, m: losses.append(m["loss"]) if "loss" in m else None)
                 dpo = run_dpo(work / size, outputs, method, recipe, result, args.dpo_steps) if args.dpo_steps else None
             except Exception as e:  # report and go on: one method failing must not hide the others
-                rows.append({"model": size, "method": method, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+                traceback.print_exc()
+                rows.append({"model": size, "method": method, "distributed": args.distributed, "error": f"{type(e).__name__}: {str(e)[:300]}"})
                 print(rows[-1], flush=True)
                 continue
             if result is None:  # a rank other than 0
                 continue
             rows.append({"model": size, "params_m": round(params / 1e6), "method": method, "distributed": args.distributed,
+                         "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0,
                          "ranks": int(os.environ.get("WORLD_SIZE", "1")), "steps": result.global_step,
                          "tokens_per_s": round(result.tokens_seen / result.train_runtime_s), "peak_gib": round(_peak_gib(), 2),
                          "last_loss": round(losses[-1], 3) if losses else None, "wall_s": round(time.perf_counter() - start, 1),
@@ -122,7 +130,8 @@ def main() -> None:
             print(f"{r['model']:6} {r['method']:6} {r['steps']:>5} {r['tokens_per_s']:>9} {r['peak_gib']:>8} {r['last_loss']!s:>6}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "rows": rows}, indent=2))
+        args.out.write_text(json.dumps({"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                                        "ranks": int(os.environ.get("WORLD_SIZE", "1")), "argv": sys.argv[1:], "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The training workload on the tiny model: methods, checkpoints, crash and resume, merge, monitoring."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -477,3 +478,74 @@ def test_adapter_merges_into_whole_weights_while_a_zero3_run_is_active(tiny_mode
     assert weights.keys() == base.keys()
     assert all(weights[k].shape == base[k].shape for k in base)
     assert not torch.equal(weights["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"].float())
+
+
+_RANK = """
+import os, sys, time
+from pipeline.training.distributed import die_with_launcher
+die_with_launcher()
+print(os.getpid(), flush=True)
+time.sleep(60)
+"""
+_LAUNCHER = """
+import subprocess, sys, time
+rank = subprocess.Popen([sys.executable, "-c", sys.argv[1]], start_new_session=True, stdout=sys.stdout)
+time.sleep(60)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+@pytest.mark.parametrize("under_torchrun", [True, False])
+def test_a_rank_dies_with_its_launcher(under_torchrun, monkeypatch):
+    # the launcher starts the rank in a session of its own, as torchrun does, and is then killed outright
+    env = {"LOCAL_RANK": "0"} if under_torchrun else {}
+    if not under_torchrun:
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+    launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, _RANK], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                                text=True, env={**os.environ, **env})
+    rank = int(launcher.stdout.readline())
+    launcher.kill()
+    launcher.wait()
+    deadline = time.monotonic() + 10
+    while _alive(rank) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    survived = _alive(rank)
+    if survived:
+        os.kill(rank, signal.SIGKILL)
+    # outside torchrun the process is nobody's rank and is left alone
+    assert survived is not under_torchrun
+
+
+def test_zero3_training_prints_parameters_by_shape_only_and_restores_their_repr():
+    from pipeline.training.distributed import terse_parameter_repr
+
+    weight = torch.nn.Parameter(torch.arange(6.0).reshape(2, 3))
+    full = repr(weight)
+    with terse_parameter_repr("zero3"):
+        assert repr({weight: "w"}) == "{Parameter(shape=(2, 3), dtype=torch.float32): 'w'}"
+    assert repr(weight) == full and "5." in full
+    with terse_parameter_repr("fsdp"):
+        assert repr(weight) == full
+
+
+def test_flop_count_counts_zero3_partitioned_weights_whole(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.training.trainer_mixins import parameter_count_without_embeddings
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=4, target_modules="all-linear"))
+    whole = model.num_parameters(exclude_embeddings=True)
+    assert parameter_count_without_embeddings(model) == whole
+    for p in model.parameters():  # as ZeRO-3 leaves them on a rank: an empty slice, the full size in ds_numel
+        p.ds_numel = p.numel()
+        p.data = torch.empty(0)
+    assert model.num_parameters(exclude_embeddings=True) < whole
+    assert parameter_count_without_embeddings(model) == whole

@@ -3,8 +3,11 @@ process per GPU. The configs live in recipes/distributed/ so they are reviewed a
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from pipeline.paths import PROJECT_ROOT
@@ -49,3 +52,45 @@ def whole_model_loading() -> Iterator[None]:
     finally:
         if active is not None and active() is not None:
             hf_deepspeed.set_hf_deepspeed_config(active())
+
+
+def die_with_launcher() -> None:
+    """Under torchrun, have the kernel SIGKILL this rank as soon as the launcher dies.
+
+    torchrun starts each rank in a session of its own, so a launcher killed outright (the OOM killer, a SIGKILL
+    to the step's process) leaves its ranks training. A retried run then trains beside them into the same
+    checkpoint folder. Seen on 2 H100s: the ranks of a killed ZeRO-3 attempt went on to the last step and wrote
+    the checkpoints that the retry resumed from."""
+    if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    launcher = os.getppid()
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != launcher:  # it died before the request took effect
+        os._exit(1)
+
+
+def terse_parameter_repr(distributed: str):
+    """Under ZeRO-3, a context in which a parameter prints as its shape and dtype, not its values.
+
+    DeepSpeed 0.19.8's ZeRO-3 optimizer and parameter offload build `f"... with args: {locals()}"` for a debug
+    line they then drop. Those locals hold a dict keyed by every parameter, so every tensor is formatted. For
+    the LoRA DPO policy on 2 H100s, rank 0 was still formatting after 140 s while rank 1 waited for it; with
+    parameters printed this way the same run went on to its DPO steps."""
+    return _terse_parameter_repr() if distributed == "zero3" else nullcontext()
+
+
+@contextmanager
+def _terse_parameter_repr() -> Iterator[None]:
+    import torch
+
+    original = torch.nn.Parameter.__repr__
+    torch.nn.Parameter.__repr__ = lambda self: f"Parameter(shape={tuple(self.shape)}, dtype={self.dtype})"
+    try:
+        yield
+    finally:
+        torch.nn.Parameter.__repr__ = original

@@ -69,7 +69,7 @@ def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any],
     from pipeline.models.base_model import file_sha256, weights_sha256
     from pipeline.training.checkpoint_mirror import mirror_callback, resume_point
     from pipeline.training.checkpoints import marker_callback
-    from pipeline.training.distributed import trainer_args
+    from pipeline.training.distributed import terse_parameter_repr, trainer_args
     from pipeline.training.methods import check_method_runs_here
     from pipeline.training.sft import device_flags, merge_adapter
 
@@ -78,7 +78,6 @@ def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any],
     tokenizer = AutoTokenizer.from_pretrained(sft["adapter_path"] or sft["model_path"])
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = _policy(base_path, sft, training)
     checkpoint_dir = output_dir / "checkpoints"
     config = DPOConfig(
         output_dir=str(checkpoint_dir),
@@ -102,13 +101,16 @@ def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any],
         **device_flags(training),
         **trainer_args(training.distributed),
     )
+    # after the config, so that under ZeRO-3 the policy loads partitioned (see train_sft)
+    model = _policy(base_path, sft, training)
     trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer,
                          callbacks=[reporting_callback(reporter), marker_callback()]
                          + ([mirror_callback(checkpoint_uri)] if checkpoint_uri else []))
     trainer.remove_callback(PrinterCallback)
     resume = resume_point(checkpoint_dir, checkpoint_uri, reporter, trainer.args)
     started = time.monotonic()
-    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    with terse_parameter_repr(training.distributed):
+        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     runtime = time.monotonic() - started
 
     adapter_dir = model_dir = None

@@ -12,7 +12,7 @@ from typing import Any
 
 from pipeline.recipe import TrainingRecipe
 from pipeline.training.checkpoint_mirror import mirror_callback, resume_point
-from pipeline.training.distributed import trainer_args, whole_model_loading
+from pipeline.training.distributed import terse_parameter_repr, trainer_args, whole_model_loading
 from pipeline.training.checkpoints import marker_callback
 from pipeline.training.methods import check_method_runs_here, load_base, peft_config
 from pipeline.training.monitoring import Reporter, early_stopping_callback, peak_memory_mb, reporting_callback
@@ -139,7 +139,6 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = load_base(base_path, recipe)
     rows = load_prompt_completion(train_path)
     # the eval slice is the tail of the (already shuffled) train split, so it is the same on every attempt
     eval_rows = rows[-recipe.eval_examples:] if recipe.eval_examples else []
@@ -183,6 +182,9 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
         **device_flags(recipe),
         **trainer_args(recipe.distributed),
     )
+    # after the config: under ZeRO-3 the config makes from_pretrained load each weight partitioned across the ranks
+    # (zero.Init), instead of whole on every rank and repartitioned when DeepSpeed starts
+    model = load_base(base_path, recipe)
     callbacks = [reporting_callback(reporter), marker_callback()]  # the marker first: the mirror uploads marked ones
     if checkpoint_uri:
         callbacks.append(mirror_callback(checkpoint_uri))
@@ -203,7 +205,8 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
     started = time.monotonic()
     train_loss = None
     if recipe.max_steps != 0:  # zero steps: save the untouched adapter (B = 0), identical to the base
-        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        with terse_parameter_repr(recipe.distributed):
+            output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         train_loss = float(output.training_loss)
     runtime = time.monotonic() - started
 

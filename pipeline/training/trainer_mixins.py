@@ -19,10 +19,16 @@ class CachedFlopCount:
 
     def floating_point_ops(self, inputs: dict[str, Any]) -> int:
         if not hasattr(self, "_flop_params"):
-            count = getattr(self.model, "num_parameters", None)
-            self._flop_params = count(exclude_embeddings=True) if count else 0
+            self._flop_params = parameter_count_without_embeddings(self.model)
         main_input = getattr(self.model, "main_input_name", "input_ids")
         return 6 * inputs[main_input].numel() * self._flop_params if main_input in inputs else 0
+
+
+def parameter_count_without_embeddings(model: torch.nn.Module) -> int:
+    """What `num_parameters(exclude_embeddings=True)` counts, with each weight counted whole where ZeRO-3 keeps
+    only this rank's slice of it (`ds_numel`); otherwise the FLOPs, and so MFU, count the LoRA weights alone."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if id(p) not in embeddings)
 
 
 def real_token_count(inputs: dict[str, Any]):
