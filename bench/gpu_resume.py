@@ -46,6 +46,11 @@ def _kill_all(pid: int) -> None:
             pass
 
 
+def _log_tail(log: str, lines: int = 12) -> list[str]:
+    # progress bars redraw on one line; what is left says where the run was
+    return [line[:300] for line in log.splitlines() if line.strip() and "/s]" not in line][-lines:]
+
+
 def _step(checkpoint_name: str) -> int:
     return int(checkpoint_name.rsplit("-", 1)[1])
 
@@ -94,14 +99,21 @@ def main() -> None:
                                 "finished_before_kill": (out / "result.json").exists()}}
     print(report, flush=True)
 
-    second = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=args.timeout)
-    (work / "second.log").write_text(second.stderr)
+    # the retry writes to a file, so a retry stopped at the time limit still shows how far it got
+    with open(work / "second.log", "w") as log:
+        second = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            second.wait(timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            _kill_all(second.pid)
+            second.wait()
+    second.stderr = (work / "second.log").read_text(errors="replace")
     resumed = [line for line in second.stderr.splitlines() if "resuming from checkpoint-" in line]
     result = json.loads((out / "result.json").read_text()) if (out / "result.json").exists() else {}
     report["second_attempt"] = {"returncode": second.returncode, "resume_line": resumed[0].strip() if resumed else None,
                                 "resumed_from": result.get("resumed_from"), "global_step": result.get("global_step"),
                                 "checkpoints_kept": sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")),
-                                "stderr_tail": second.stderr[-1500:] if second.returncode else None}
+                                "log_tail": _log_tail(second.stderr) if second.returncode else None}
     # a checkpoint may complete between the last look and the kill, so the resume may start from a later one
     report["ok"] = bool(second.returncode == 0 and resumed and killed_at is not None and result.get("resumed_from")
                         and _step(result["resumed_from"]) >= _step(killed_at.name) and result.get("global_step") == args.steps)
