@@ -280,9 +280,10 @@ def test_preferences_of_held_out_families_are_dropped():
 def test_several_gpus_run_under_torchrun_with_the_shipped_configs():
     from pipeline.training.distributed import CONFIGS, launch_command, trainer_args
 
-    assert launch_command("py", "s.json", 1) == ["py", "-m", "pipeline.training", "--spec", "s.json"]
+    tether = ["py", "-m", "pipeline.training.tethered"]
+    assert launch_command("py", "s.json", 1) == [*tether, "-m", "pipeline.training", "--spec", "s.json"]
     command = launch_command("py", "s.json", 4)
-    assert command[:3] == ["py", "-m", "torch.distributed.run"] and "--nproc-per-node=4" in command
+    assert command[:5] == [*tether, "-m", "torch.distributed.run"] and "--nproc-per-node=4" in command
     assert command[-4:] == ["-m", "pipeline.training", "--spec", "s.json"]
     assert trainer_args("none") == {}
     assert json.loads(CONFIGS["zero2"].read_text())["zero_optimization"]["stage"] == 2
@@ -358,7 +359,7 @@ def test_sharded_recipes_start_under_torchrun_and_refuse_to_run_unsharded(tiny_m
     from pipeline.training.distributed import launch_command
     from pipeline.training.methods import check_method_runs_here
 
-    assert launch_command("py", "s.json", 1, sharded=True)[:4] == ["py", "-m", "torch.distributed.run", "--standalone"]
+    assert launch_command("py", "s.json", 1, sharded=True)[3:6] == ["-m", "torch.distributed.run", "--standalone"]
     assert "--nproc-per-node=1" in launch_command("py", "s.json", 0, sharded=True)
     for distributed in ("zero2", "zero3", "fsdp"):
         recipe = training(tiny_model_dir, distributed=distributed)
@@ -480,16 +481,11 @@ def test_adapter_merges_into_whole_weights_while_a_zero3_run_is_active(tiny_mode
     assert not torch.equal(weights["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"].float())
 
 
-_RANK = """
-import os, sys, time
-from pipeline.training.distributed import die_with_launcher
-die_with_launcher()
-print(os.getpid(), flush=True)
-time.sleep(60)
-"""
+_CHILD = "import os, time; print(os.getpid(), flush=True); time.sleep(60)"
+_RANK = "from pipeline.training.distributed import die_with_parent; die_with_parent(); " + _CHILD
 _LAUNCHER = """
 import subprocess, sys, time
-rank = subprocess.Popen([sys.executable, "-c", sys.argv[1]], start_new_session=True, stdout=sys.stdout)
+subprocess.Popen(sys.argv[1:], start_new_session=True, stdout=sys.stdout)
 time.sleep(60)
 """
 
@@ -502,25 +498,25 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
-@pytest.mark.parametrize("under_torchrun", [True, False])
-def test_a_rank_dies_with_its_launcher(under_torchrun, monkeypatch):
-    # the launcher starts the rank in a session of its own, as torchrun does, and is then killed outright
-    env = {"LOCAL_RANK": "0"} if under_torchrun else {}
-    if not under_torchrun:
-        monkeypatch.delenv("LOCAL_RANK", raising=False)
-    launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, _RANK], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
-                                text=True, env={**os.environ, **env})
-    rank = int(launcher.stdout.readline())
+@pytest.mark.parametrize(("child", "tied"), [
+    (["-c", _RANK], True),  # a rank, as pipeline.training arms itself under torchrun
+    (["-m", "pipeline.training.tethered", "-c", _CHILD], True),  # what the TrainingLauncher starts
+    (["-c", _CHILD], False),  # the control: an ordinary child outlives its parent
+])
+def test_training_processes_die_with_the_process_that_launched_them(child, tied):
+    # the launcher starts the child in a session of its own, as torchrun does, and is then killed outright
+    launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, sys.executable, *child], cwd=PROJECT_ROOT,
+                                stdout=subprocess.PIPE, text=True)
+    pid = int(launcher.stdout.readline())
     launcher.kill()
     launcher.wait()
     deadline = time.monotonic() + 10
-    while _alive(rank) and time.monotonic() < deadline:
+    while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    survived = _alive(rank)
+    survived = _alive(pid)
     if survived:
-        os.kill(rank, signal.SIGKILL)
-    # outside torchrun the process is nobody's rank and is left alone
-    assert survived is not under_torchrun
+        os.kill(pid, signal.SIGKILL)
+    assert survived is not tied
 
 
 def test_zero3_training_prints_parameters_by_shape_only_and_restores_their_repr():

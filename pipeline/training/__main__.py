@@ -61,10 +61,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
 
-    from pipeline.training.distributed import die_with_launcher
+    from pipeline.training.distributed import die_with_parent
     from pipeline.training.methods import check_method_runs_here
 
-    die_with_launcher()  # a rank must not outlive its torchrun: a retry would train beside it
+    if "LOCAL_RANK" in os.environ:
+        die_with_parent()  # a rank must not outlive its torchrun: a retry would train beside it
 
     with ExitStack() as stack:
         is_pipes = rank_zero and PipesEnvVarParamsLoader().is_dagster_pipes_process()

@@ -27,12 +27,14 @@ def trainer_args(distributed: str) -> dict[str, Any]:
 
 def launch_command(python: str, spec_path: str, gpus: int, sharded: bool = False) -> list[str]:
     """`python -m pipeline.training` for one GPU (or none); torchrun with one process per GPU for more, and
-    for a sharded recipe (ZeRO/FSDP) even on one GPU, since accelerate only shards under a distributed launcher."""
+    for a sharded recipe (ZeRO/FSDP) even on one GPU, since accelerate only shards under a distributed launcher.
+    Either is tethered to the launching process (`pipeline.training.tethered`), and each rank to torchrun."""
+    tether = [python, "-m", "pipeline.training.tethered"]
     workload = ["-m", "pipeline.training", "--spec", spec_path]
     if gpus <= 1 and not sharded:
-        return [python, *workload]
+        return [*tether, *workload]
     # torch.distributed.run is torchrun; every rank runs the workload, rank 0 alone reports
-    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={max(gpus, 1)}", *workload]
+    return [*tether, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={max(gpus, 1)}", *workload]
 
 
 @contextmanager
@@ -54,23 +56,22 @@ def whole_model_loading() -> Iterator[None]:
             hf_deepspeed.set_hf_deepspeed_config(active())
 
 
-def die_with_launcher() -> None:
-    """Under torchrun, have the kernel SIGKILL this rank as soon as the launcher dies.
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process as soon as its parent dies (Linux; elsewhere nothing changes).
 
-    torchrun starts each rank in a session of its own, so a launcher killed outright (the OOM killer, a SIGKILL
-    to the step's process) leaves its ranks training. A retried run then trains beside them into the same
-    checkpoint folder. Seen on 2 H100s: the ranks of a killed ZeRO-3 attempt went on to the last step and wrote
-    the checkpoints that the retry resumed from."""
-    if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
+    A launcher killed outright leaves its children running: torchrun even starts each rank in a session of its
+    own. A retried run then trains beside them into the same checkpoint folder. Seen on 2 H100s: the ranks of a
+    killed ZeRO-3 attempt went on to the last step and wrote the checkpoints that the retry resumed from."""
+    if not sys.platform.startswith("linux"):
         return
     import ctypes
 
-    launcher = os.getppid()
+    parent = os.getppid()
     pr_set_pdeathsig = 1
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() != launcher:  # it died before the request took effect
+    if os.getppid() != parent:  # it died before the request took effect
         os._exit(1)
 
 
