@@ -37,8 +37,8 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _kill_all(pid: int) -> None:
-    """SIGKILL `pid` and every process under it at once, as losing the pod would. torchrun starts each rank in
-    a session of its own, so killing torchrun's process group alone would leave the ranks training."""
+    """SIGKILL `pid` and every process under it at once, as losing the pod would. (Killing torchrun alone would
+    now do as well, since each rank dies with it, but a lost pod takes everything at the same instant.)"""
     for victim in [pid, *_descendants(pid)]:
         try:
             os.kill(victim, signal.SIGKILL)
@@ -85,12 +85,12 @@ def main() -> None:
     print("command:", " ".join(command), flush=True)
 
     start = time.monotonic()
-    first = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
-                             stderr=open(work / "first.log", "w"))
-    while latest_complete(out / "checkpoints") is None and first.poll() is None and time.monotonic() - start < args.timeout:
-        time.sleep(0.1)
-    _kill_all(first.pid)
-    first.wait()
+    with open(work / "first.log", "w") as log:
+        first = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=log)
+        while latest_complete(out / "checkpoints") is None and first.poll() is None and time.monotonic() - start < args.timeout:
+            time.sleep(0.1)
+        _kill_all(first.pid)
+        first.wait()
     time.sleep(1)  # let the killed ranks' files close
     killed_at = latest_complete(out / "checkpoints")
     report = {"gpus": gpus, "distributed": args.distributed, "method": args.method, "planned_steps": args.steps,
@@ -107,13 +107,13 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             _kill_all(second.pid)
             second.wait()
-    second.stderr = (work / "second.log").read_text(errors="replace")
-    resumed = [line for line in second.stderr.splitlines() if "resuming from checkpoint-" in line]
+    second_log = (work / "second.log").read_text(errors="replace")
+    resumed = [line for line in second_log.splitlines() if "resuming from checkpoint-" in line]
     result = json.loads((out / "result.json").read_text()) if (out / "result.json").exists() else {}
     report["second_attempt"] = {"returncode": second.returncode, "resume_line": resumed[0].strip() if resumed else None,
                                 "resumed_from": result.get("resumed_from"), "global_step": result.get("global_step"),
                                 "checkpoints_kept": sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")),
-                                "log_tail": _log_tail(second.stderr) if second.returncode else None}
+                                "log_tail": _log_tail(second_log) if second.returncode else None}
     # a checkpoint may complete between the last look and the kill, so the resume may start from a later one
     report["ok"] = bool(second.returncode == 0 and resumed and killed_at is not None and result.get("resumed_from")
                         and _step(result["resumed_from"]) >= _step(killed_at.name) and result.get("global_step") == args.steps)
