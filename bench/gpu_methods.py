@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.gpu_training import _peak_gib, build_model_dir, write_examples  # noqa: E402
+from bench.gpu_training import _peak_gib, build_model_dir, profile_callback, step_clock, write_examples  # noqa: E402
 from pipeline.recipe import TrainingRecipe  # noqa: E402
 
 
@@ -75,6 +75,8 @@ def main() -> None:
     parser.add_argument("--dpo-steps", type=int, default=0, help="DPO steps after each SFT run (0: none)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-methods"))
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--profile", type=int, default=0,
+                        help="on rank 0, profile this many SFT steps from step 5 (torch profiler, then cProfile)")
     parser.add_argument("--stacks-after", type=float, default=0,
                         help="print every thread's stack and exit after this many seconds (0: never), to see where a hang sits")
     args = parser.parse_args()
@@ -94,17 +96,21 @@ def main() -> None:
     for size in args.models:
         params = build_model_dir(size, args.tokenizer, work / size)
         for method in args.methods:
-            recipe = TrainingRecipe.model_validate({**json.loads(args.recipe), "method": method, "max_steps": args.steps,
-                                                    "logging_steps": 5, "learning_rate": 2e-4 if method != "full" else 2e-5,
+            # one checkpoint, at the end: it is written (sharded under FSDP) but falls outside the step clock
+            recipe = TrainingRecipe.model_validate({"save_steps": args.steps, **json.loads(args.recipe), "method": method,
+                                                    "max_steps": args.steps, "logging_steps": 5, "learning_rate": 2e-4 if method != "full" else 2e-5,
                                                     "distributed": args.distributed})
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
             losses: list[float] = []
+            clock = step_clock()
+            callbacks = [clock] + ([profile_callback(f"{size} {method} {args.distributed}", args.profile, first_step=5)]
+                                   if args.profile and rank == 0 else [])
             start = time.perf_counter()
             try:
                 result = train_sft(work / "train.jsonl", work / size, outputs / f"out-{size}-{method}", recipe,
-                                   lambda msg, m: losses.append(m["loss"]) if "loss" in m else None)
+                                   lambda msg, m: losses.append(m["loss"]) if "loss" in m else None, extra_callbacks=callbacks)
                 dpo = run_dpo(work / size, outputs, method, recipe, result, args.dpo_steps) if args.dpo_steps else None
             except Exception as e:  # report and go on: one method failing must not hide the others
                 traceback.print_exc()
@@ -116,18 +122,22 @@ def main() -> None:
             rows.append({"model": size, "params_m": round(params / 1e6), "method": method, "distributed": args.distributed,
                          "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0,
                          "ranks": int(os.environ.get("WORLD_SIZE", "1")), "steps": result.global_step,
-                         "tokens_per_s": round(result.tokens_seen / result.train_runtime_s), "peak_gib": round(_peak_gib(), 2),
+                         "tokens_per_s": round(result.tokens_seen / result.train_runtime_s),
+                         # after warm-up, without start-up and the end-of-run checkpoint; every step sees ~ the same tokens
+                         "steady_tokens_per_s": round(clock.steady_steps_per_s() * result.tokens_seen / result.global_step),
+                         "peak_gib": round(_peak_gib(), 2),
                          "last_loss": round(losses[-1], 3) if losses else None, "wall_s": round(time.perf_counter() - start, 1),
                          **({"dpo": dpo} if dpo else {})})
             print(rows[-1], flush=True)
     if rank != 0:
         return
-    print(f"\n{'model':6} {'method':6} {'steps':>5} {'tokens/s':>9} {'peak GiB':>8} {'loss':>6}")
+    print(f"\n{'model':6} {'method':6} {'steps':>5} {'tokens/s':>9} {'steady':>9} {'peak GiB':>8} {'loss':>6}")
     for r in rows:
         if "error" in r:
             print(f"{r['model']:6} {r['method']:6} failed: {r['error']}")
         else:
-            print(f"{r['model']:6} {r['method']:6} {r['steps']:>5} {r['tokens_per_s']:>9} {r['peak_gib']:>8} {r['last_loss']!s:>6}")
+            print(f"{r['model']:6} {r['method']:6} {r['steps']:>5} {r['tokens_per_s']:>9} {r['steady_tokens_per_s']:>9} "
+                  f"{r['peak_gib']:>8} {r['last_loss']!s:>6}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",

@@ -96,6 +96,7 @@ def main() -> None:
     report = {"gpus": gpus, "distributed": args.distributed, "method": args.method, "planned_steps": args.steps,
               "first_attempt": {"returncode": first.returncode, "killed_after_s": round(time.monotonic() - start, 1),
                                 "latest_complete_checkpoint": killed_at.name if killed_at else None,
+                                "checkpoint_layout": sorted(p.name for p in killed_at.iterdir()) if killed_at else None,
                                 "finished_before_kill": (out / "result.json").exists()}}
     print(report, flush=True)
 

@@ -3,6 +3,7 @@
 # the crash test under the launcher the training asset uses. One JSON and one log per run in $OUT (bench/out).
 #   source bench/device_setup.sh; bash bench/gpu_sharded.sh
 #   DISTS="zero2" MODELS="1b" RESUME="" bash bench/gpu_sharded.sh
+#   PROFILE=3 DISTS=zero3 MODELS=135m METHODS=lora DPO_STEPS=0 RESUME="" bash bench/gpu_sharded.sh  (profile steps 5-7)
 # Each run has a time limit; a run that hangs prints every thread's stack before it is stopped.
 set -u
 out=${OUT:-bench/out}
@@ -16,7 +17,7 @@ for dist in ${DISTS:-zero3 fsdp}; do
     echo "== $name on $gpus GPUs"
     timeout $((limit + 20)) torchrun --standalone --nproc-per-node="$gpus" bench/gpu_methods.py --models "$model" \
       --methods ${METHODS:-lora full} --distributed "$dist" --steps "${STEPS:-20}" --dpo-steps "${DPO_STEPS:-5}" \
-      --recipe "$recipe" --stacks-after "$limit" --work "/tmp/sharded-$name" --out "$out/$name.json" >"$out/$name.log" 2>&1
+      --recipe "$recipe" ${PROFILE:+--profile "$PROFILE"} --stacks-after "$limit" --work "/tmp/sharded-$name" --out "$out/$name.json" >"$out/$name.log" 2>&1
     echo "exit $?"
     grep -E "^\{'model'|failed:|Error|error" "$out/$name.log" | grep -v Warning | tail -8
   done

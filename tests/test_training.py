@@ -62,6 +62,41 @@ def test_latest_complete_checkpoint_skips_half_written_ones(tmp_path):
     assert latest_complete(tmp_path) == tmp_path / "checkpoint-6"
 
 
+def test_sharded_checkpoints_count_as_complete_only_once_marked(tmp_path):
+    # FSDP's sharded layout: a torch.distributed.checkpoint folder of weights (and one of optimizer state), no files
+    for step, marked in ((4, True), (8, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        (folder / "pytorch_model_fsdp_0").mkdir(parents=True)
+        (folder / "pytorch_model_fsdp_0" / "__0_0.distcp").write_bytes(b"x")
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        if marked:
+            write_marker(folder, step)
+    bare = tmp_path / "checkpoint-12"  # state and marker, but no weights in any layout
+    bare.mkdir()
+    (bare / "trainer_state.json").write_text(json.dumps({"global_step": 12}))
+    write_marker(bare, 12)
+    assert latest_complete(tmp_path) == tmp_path / "checkpoint-4"
+
+
+def test_fsdp_checkpoints_are_sharded_and_the_final_save_is_whole():
+    from types import SimpleNamespace
+
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from trl import SFTConfig
+
+    from pipeline.training.distributed import save_final_weights_whole, trainer_args
+
+    config = SFTConfig(output_dir="unused", use_cpu=True, report_to=[], **trainer_args("fsdp"))
+    plugin = FullyShardedDataParallelPlugin(**config.fsdp_plugin_args)  # as the Trainer builds it
+    assert plugin.state_dict_type == StateDictType.SHARDED_STATE_DICT
+    trainer = SimpleNamespace(is_fsdp_enabled=True, accelerator=SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin)))
+    save_final_weights_whole(trainer)
+    assert plugin.state_dict_type == StateDictType.FULL_STATE_DICT
+    assert isinstance(plugin.state_dict_config, FullStateDictConfig) and plugin.state_dict_config.rank0_only
+    save_final_weights_whole(SimpleNamespace(is_fsdp_enabled=False))  # DeepSpeed or one device: nothing to switch
+
+
 def test_no_checkpoint_means_a_fresh_start(tmp_path):
     assert latest_complete(tmp_path / "missing") is None
     fake_checkpoint(tmp_path, 2, marker=False)

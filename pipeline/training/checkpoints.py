@@ -30,8 +30,13 @@ def is_complete(folder: Path) -> bool:
     except (OSError, ValueError):
         return False
     step = int(match.group(1))
-    has_weights = any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")) or any(folder.glob("global_step*"))
-    return marker.get("global_step") == step and state.get("global_step") == step and has_weights
+    return marker.get("global_step") == step and state.get("global_step") == step and has_weights(folder)
+
+
+def has_weights(folder: Path) -> bool:
+    """Weights in one of the layouts the Trainer writes: safetensors (or .bin) files, DeepSpeed's `global_step*/`
+    or FSDP's sharded `pytorch_model_fsdp_*/` (torch.distributed.checkpoint, one file per rank)."""
+    return any(any(folder.glob(pattern)) for pattern in ("*.safetensors", "*.bin", "global_step*", "pytorch_model_fsdp*"))
 
 
 def latest_complete(checkpoint_dir: Path) -> Path | None:
@@ -52,10 +57,14 @@ def write_marker(folder: Path, global_step: int) -> None:
 
 def marker_callback():
     """A TrainerCallback that marks each checkpoint complete once the Trainer has finished writing it."""
+    import torch
     from transformers import TrainerCallback
 
     class CheckpointMarker(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
+            # every rank writes its own shards and RNG state; the marker waits for all of them
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.barrier()
             if state.is_world_process_zero:
                 folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 if folder.is_dir():

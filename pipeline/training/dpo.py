@@ -69,7 +69,7 @@ def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any],
     from pipeline.models.base_model import file_sha256, weights_sha256
     from pipeline.training.checkpoint_mirror import mirror_callback, resume_point
     from pipeline.training.checkpoints import marker_callback
-    from pipeline.training.distributed import terse_parameter_repr, trainer_args
+    from pipeline.training.distributed import save_final_weights_whole, terse_parameter_repr, trainer_args
     from pipeline.training.methods import check_method_runs_here
     from pipeline.training.sft import device_flags, merge_adapter
 
@@ -112,6 +112,7 @@ def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any],
     with terse_parameter_repr(training.distributed):
         output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     runtime = time.monotonic() - started
+    save_final_weights_whole(trainer)
 
     adapter_dir = model_dir = None
     if sft["adapter_path"]:

@@ -12,11 +12,11 @@ from typing import Any
 
 from pipeline.recipe import TrainingRecipe
 from pipeline.training.checkpoint_mirror import mirror_callback, resume_point
-from pipeline.training.distributed import terse_parameter_repr, trainer_args, whole_model_loading
+from pipeline.training.distributed import (save_final_weights_whole, terse_parameter_repr, trainer_args,
+                                           whole_model_loading)
 from pipeline.training.checkpoints import marker_callback
 from pipeline.training.methods import check_method_runs_here, load_base, peft_config
 from pipeline.training.monitoring import Reporter, early_stopping_callback, peak_memory_mb, reporting_callback
-
 
 
 @dataclass
@@ -209,6 +209,7 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
             output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         train_loss = float(output.training_loss)
     runtime = time.monotonic() - started
+    save_final_weights_whole(trainer)  # checkpoints were sharded; what we hand on is whole
 
     adapter_dir = model_dir = None
     if recipe.method == "full":
