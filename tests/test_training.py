@@ -580,3 +580,24 @@ def test_flop_count_counts_zero3_partitioned_weights_whole(tiny_model_dir):
         p.data = torch.empty(0)
     assert model.num_parameters(exclude_embeddings=True) < whole
     assert parameter_count_without_embeddings(model) == whole
+
+
+def test_zero3_fetches_each_lora_wrapped_decoder_block_whole(tiny_model_dir, monkeypatch):
+    # deepspeed is a GPU extra; its flagging call is stood in for, so the test sees which modules get flagged
+    import types
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.training.distributed import gather_blocks_whole
+
+    flagged = []
+    utils = types.ModuleType("deepspeed.utils")
+    utils.set_z3_leaf_module = lambda module, flag: flagged.append((module, flag))
+    monkeypatch.setitem(sys.modules, "deepspeed", types.ModuleType("deepspeed"))
+    monkeypatch.setitem(sys.modules, "deepspeed.utils", utils)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=4, target_modules="all-linear"))
+    layers = model.base_model.model.model.layers
+    assert gather_blocks_whole(model, "fsdp") == 0 and gather_blocks_whole(model, "none") == 0 and not flagged
+    assert gather_blocks_whole(model, "zero3") == len(layers) > 0
+    assert [m for m, _ in flagged] == list(layers) and all(flag for _, flag in flagged)

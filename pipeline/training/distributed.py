@@ -56,6 +56,24 @@ def whole_model_loading() -> Iterator[None]:
             hf_deepspeed.set_hf_deepspeed_config(active())
 
 
+def gather_blocks_whole(model: Any, distributed: str) -> int:
+    """Under ZeRO-3, have each decoder block gather its weights in one go instead of module by module; returns
+    how many blocks. Call it before training starts (DeepSpeed places its hooks when the engine is built).
+
+    ZeRO-3 hooks every module that holds weights, and LoRA adds four modules to each linear layer: ~3,600 hook
+    calls per step for the SmolLM2-135M shape. On 2 H100s a LoRA step took 2.2 s of host time for 30 ms of GPU
+    work (torch profiler, deepspeed 0.19.8). A block marked as a ZeRO-3 leaf is fetched whole, as FSDP fetches it."""
+    if distributed != "zero3":
+        return 0
+    from accelerate.utils.other import is_repeated_blocks
+    from deepspeed.utils import set_z3_leaf_module
+
+    blocks = next((m for m in model.modules() if is_repeated_blocks(m)), None)
+    for block in blocks if blocks is not None else []:
+        set_z3_leaf_module(block, True)
+    return len(blocks) if blocks is not None else 0
+
+
 def save_final_weights_whole(trainer: Any) -> None:
     """Have the Trainer's next `save_model` write whole weights (safetensors on rank 0) under FSDP.
 

@@ -69,7 +69,8 @@ def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any],
     from pipeline.models.base_model import file_sha256, weights_sha256
     from pipeline.training.checkpoint_mirror import mirror_callback, resume_point
     from pipeline.training.checkpoints import marker_callback
-    from pipeline.training.distributed import save_final_weights_whole, terse_parameter_repr, trainer_args
+    from pipeline.training.distributed import (gather_blocks_whole, save_final_weights_whole, terse_parameter_repr,
+                                               trainer_args)
     from pipeline.training.methods import check_method_runs_here
     from pipeline.training.sft import device_flags, merge_adapter
 
@@ -107,6 +108,7 @@ def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any],
                          callbacks=[reporting_callback(reporter), marker_callback()]
                          + ([mirror_callback(checkpoint_uri)] if checkpoint_uri else []))
     trainer.remove_callback(PrinterCallback)
+    gather_blocks_whole(trainer.model, training.distributed)
     resume = resume_point(checkpoint_dir, checkpoint_uri, reporter, trainer.args)
     started = time.monotonic()
     with terse_parameter_repr(training.distributed):

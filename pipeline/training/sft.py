@@ -12,8 +12,8 @@ from typing import Any
 
 from pipeline.recipe import TrainingRecipe
 from pipeline.training.checkpoint_mirror import mirror_callback, resume_point
-from pipeline.training.distributed import (save_final_weights_whole, terse_parameter_repr, trainer_args,
-                                           whole_model_loading)
+from pipeline.training.distributed import (gather_blocks_whole, save_final_weights_whole, terse_parameter_repr,
+                                           trainer_args, whole_model_loading)
 from pipeline.training.checkpoints import marker_callback
 from pipeline.training.methods import check_method_runs_here, load_base, peft_config
 from pipeline.training.monitoring import Reporter, early_stopping_callback, peak_memory_mb, reporting_callback
@@ -196,6 +196,7 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
                             eval_dataset=Dataset.from_list(eval_rows) if evaluating else None,
                             processing_class=tokenizer, peft_config=peft_config(recipe), callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # progress goes through the reporter, not raw dicts on stdout
+    gather_blocks_whole(trainer.model, recipe.distributed)
     if recipe.torch_compile:
         reporter(f"compiled {compile_repeated_blocks(trainer.model)} repeated blocks (dynamic shapes)", {})
     if _unpacked_padding_free(recipe):
