@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import json
+import math
 import os
 import sys
 import time
@@ -61,6 +62,10 @@ def _sft_result_of_rank0(out: Path, method: str) -> dict:
     # the other ranks start DPO from the weights rank 0 wrote
     return {"method": method, "adapter_path": str(out / "adapter") if method != "full" else None,
             "model_path": str(out / "model") if method == "full" else None}
+
+
+def _rounded(value: float) -> int | None:
+    return None if math.isnan(value) else round(value)  # NaN: too few steps ran to time them
 
 
 def main() -> None:
@@ -124,7 +129,7 @@ def main() -> None:
                          "ranks": int(os.environ.get("WORLD_SIZE", "1")), "steps": result.global_step,
                          "tokens_per_s": round(result.tokens_seen / result.train_runtime_s),
                          # after warm-up, without start-up and the end-of-run checkpoint; every step sees ~ the same tokens
-                         "steady_tokens_per_s": round(clock.steady_steps_per_s() * result.tokens_seen / result.global_step),
+                         "steady_tokens_per_s": _rounded(clock.steady_steps_per_s() * result.tokens_seen / result.global_step),
                          "peak_gib": round(_peak_gib(), 2),
                          "last_loss": round(losses[-1], 3) if losses else None, "wall_s": round(time.perf_counter() - start, 1),
                          **({"dpo": dpo} if dpo else {})})
@@ -136,7 +141,7 @@ def main() -> None:
         if "error" in r:
             print(f"{r['model']:6} {r['method']:6} failed: {r['error']}")
         else:
-            print(f"{r['model']:6} {r['method']:6} {r['steps']:>5} {r['tokens_per_s']:>9} {r['steady_tokens_per_s']:>9} "
+            print(f"{r['model']:6} {r['method']:6} {r['steps']:>5} {r['tokens_per_s']:>9} {r['steady_tokens_per_s']!s:>9} "
                   f"{r['peak_gib']:>8} {r['last_loss']!s:>6}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,6 +75,7 @@ def main() -> None:
     write_examples(work / "train.jsonl", repeat=8)
     build_model_dir("135m", args.tokenizer, work / "base")
     out = work / "run"
+    shutil.rmtree(out, ignore_errors=True)  # an earlier run's checkpoints would be resumed from by the first attempt
     spec = {"train_path": str(work / "train.jsonl"), "base_path": str(work / "base"), "output_dir": str(out),
             "training": {"method": args.method, "distributed": args.distributed, "max_steps": args.steps,
                          "save_steps": args.save_steps, "save_total_limit": 2, "logging_steps": 5, "batch_size": 4,

@@ -15,6 +15,7 @@ for dist in ${DISTS:-zero3 fsdp}; do
   for model in ${MODELS:-135m 1b}; do
     name="$dist-$model"
     echo "== $name on $gpus GPUs"
+    rm -rf "/tmp/sharded-$name"  # a checkpoint left by an earlier run on this machine would be resumed from
     timeout $((limit + 20)) torchrun --standalone --nproc-per-node="$gpus" bench/gpu_methods.py --models "$model" \
       --methods ${METHODS:-lora full} --distributed "$dist" --steps "${STEPS:-20}" --dpo-steps "${DPO_STEPS:-5}" \
       --recipe "$recipe" ${PROFILE:+--profile "$PROFILE"} --stacks-after "$limit" --work "/tmp/sharded-$name" --out "$out/$name.json" >"$out/$name.log" 2>&1

@@ -179,7 +179,8 @@ class TrainingRecipe(_Section):
         0, ge=0, description="Stop after this many evaluations without a better eval loss; 0 never stops early.")
     distributed: Literal["none", "zero2", "zero3", "fsdp"] = Field(
         "none", description="Sharding across GPUs when the launcher gives more than one: DeepSpeed ZeRO-2/3 or FSDP "
-        "(configs in recipes/distributed/). The launcher starts it under torchrun even on one GPU; CUDA only.")
+        "(configs in recipes/distributed/). The launcher starts it under torchrun even on one GPU; CUDA only. For LoRA "
+        "prefer fsdp or zero2: under zero3 DeepSpeed's per-module hooks dominate a LoRA step (bench/results/README.md).")
 
 
     @model_validator(mode="after")

@@ -603,3 +603,19 @@ def test_zero3_full_fine_tuning_fetches_each_decoder_block_whole(tiny_model_dir,
     assert gather_blocks_whole(lora, "zero3", "lora") == 0 and not flagged  # its backward broke with whole blocks
     assert gather_blocks_whole(model, "zero3", "full") == len(layers) > 0
     assert [m for m, _ in flagged] == list(layers) and all(flag for _, flag in flagged)
+
+
+def test_dpo_adapter_is_gathered_through_the_deepspeed_engine(tmp_path):
+    # under ZeRO-3 accelerate gathers 16-bit weights from the engine; asked with the model inside it, it fails
+    # ("no attribute 'zero_gather_16bit_weights_on_model_save'", seen on 2 H200s after a LoRA DPO run)
+    from types import SimpleNamespace
+
+    from pipeline.training.dpo import save_trained_adapter
+
+    model, engine, asked = object(), object(), []
+    accelerator = SimpleNamespace(get_state_dict=lambda m: asked.append(m) or {}, wait_for_everyone=lambda: None)
+    for deepspeed in (True, False):
+        trainer = SimpleNamespace(is_deepspeed_enabled=deepspeed, deepspeed=engine if deepspeed else None, model=model,
+                                  accelerator=accelerator, is_world_process_zero=lambda: False)
+        save_trained_adapter(trainer, tmp_path)
+    assert asked == [engine, model]

@@ -49,8 +49,9 @@ def save_trained_adapter(trainer: Any, target: Path) -> Path:
     """Save the trained adapter (`default`) without TRL's frozen reference copy (`ref`).
 
     Called on every rank: under ZeRO-3 or FSDP each rank holds a shard, and gathering the full state dict is a
-    collective; rank 0 then writes the adapter's part of it as safetensors."""
-    state = trainer.accelerator.get_state_dict(trainer.model)
+    collective; rank 0 then writes the adapter's part of it as safetensors. Under DeepSpeed the gathering is the
+    engine's (accelerate asks the engine, not the model inside it, for ZeRO-3's 16-bit weights)."""
+    state = trainer.accelerator.get_state_dict(trainer.deepspeed if trainer.is_deepspeed_enabled else trainer.model)
     if trainer.is_world_process_zero():
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(
             target, state_dict=state, selected_adapters=["default"], safe_serialization=True)
