@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.gpu_training import _peak_gib, build_model_dir, profile_callback, step_clock, write_examples  # noqa: E402
+from bench.gpu_training import _peak_gib, _profiled, build_model_dir, profile_callback, step_clock, write_examples  # noqa: E402
 from pipeline.recipe import TrainingRecipe  # noqa: E402
 
 
@@ -110,8 +110,9 @@ def main() -> None:
                 torch.cuda.reset_peak_memory_stats()
             losses: list[float] = []
             clock = step_clock()
-            callbacks = [clock] + ([profile_callback(f"{size} {method} {args.distributed}", args.profile, first_step=5)]
-                                   if args.profile and rank == 0 else [])
+            profiler = ([profile_callback(f"{size} {method} {args.distributed}", args.profile, first_step=5)]
+                        if args.profile and rank == 0 else [])
+            callbacks = [clock] + profiler
             start = time.perf_counter()
             try:
                 result = train_sft(work / "train.jsonl", work / size, outputs / f"out-{size}-{method}", recipe,
@@ -129,7 +130,7 @@ def main() -> None:
                          "ranks": int(os.environ.get("WORLD_SIZE", "1")), "steps": result.global_step,
                          "tokens_per_s": round(result.tokens_seen / result.train_runtime_s),
                          # after warm-up, without start-up and the end-of-run checkpoint; every step sees ~ the same tokens
-                         "steady_tokens_per_s": _rounded(clock.steady_steps_per_s() * result.tokens_seen / result.global_step),
+                         "steady_tokens_per_s": _rounded(clock.steady_steps_per_s(_profiled(profiler)) * result.tokens_seen / result.global_step),
                          "peak_gib": round(_peak_gib(), 2),
                          "last_loss": round(losses[-1], 3) if losses else None, "wall_s": round(time.perf_counter() - start, 1),
                          **({"dpo": dpo} if dpo else {})})

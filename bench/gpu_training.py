@@ -120,6 +120,9 @@ def profile_callback(label: str, steps: int, first_step: int = 20):
             self.profiler = None
             self.python = None
             self.started = 0.0
+            # steps whose time the profilers inflate, numbered by the step that ends there; the one after each
+            # window too, as the step clock has already stamped the last one when the profiler prints its tables
+            self.profiled_steps = set(range(first_step + 1, first_step + steps + 2)) | set(range(py_first + 1, py_first + steps + 2))
 
         def on_step_begin(self, args, state, control, **kwargs):
             if state.global_step == first_step and self.profiler is None:
@@ -162,16 +165,24 @@ def step_clock():
 
     class StepClock(TrainerCallback):
         def __init__(self) -> None:
-            self.times: list[float] = []
+            self.times: list[tuple[int, float]] = []
 
         def on_step_end(self, args, state, control, **kwargs):
-            self.times.append(time.perf_counter())
+            self.times.append((state.global_step, time.perf_counter()))
 
-        def steady_steps_per_s(self) -> float:
-            warm = len(self.times) // 5  # the first fifth of the run is warm-up
-            return (len(self.times) - 1 - warm) / (self.times[-1] - self.times[warm]) if len(self.times) > warm + 1 else math.nan
+        def steady_steps_per_s(self, skip: set[int] = frozenset()) -> float:
+            """Steps per second after the first fifth of the run (warm-up), leaving out the steps in `skip`
+            (profiled ones: the profilers slow them down several times)."""
+            warm = len(self.times) // 5
+            spans = [(step, end - start) for (_, start), (step, end) in zip(self.times[warm:], self.times[warm + 1:])
+                     if step not in skip]
+            return len(spans) / sum(d for _, d in spans) if spans else math.nan
 
     return StepClock()
+
+
+def _profiled(profilers: list) -> set[int]:
+    return set().union(*(p.profiled_steps for p in profilers))
 
 
 def loss_gap(base: list[float], ours: list[float]) -> dict | None:
@@ -182,18 +193,33 @@ def loss_gap(base: list[float], ours: list[float]) -> dict | None:
     return {"mean_relative_gap": sum(gaps) / len(gaps), "max_relative_gap": max(gaps), "points": len(gaps)}
 
 
-def run_baseline(model_dir: Path, train_path: Path, method: str, batch_size: int, out_dir: Path, profile: int) -> dict:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+def tokenized_rows(tokenizer, train_path: Path) -> list[dict]:
+    """The baseline's rows: each example's chat template, loss on the assistant's reply only."""
     rows = []
     for line in open(train_path):
         messages = json.loads(line)["messages"]
         prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
         full = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"][:1024]
         rows.append({"input_ids": full, "attention_mask": [1] * len(full), "labels": [-100] * len(prompt) + full[len(prompt):]})
+    return rows
+
+
+def data_only(model_dir: Path, train_path: Path) -> dict:
+    """The token counts a baseline run would report, without training it (`--no-baseline`)."""
+    from transformers import AutoTokenizer
+
+    rows = tokenized_rows(AutoTokenizer.from_pretrained(model_dir), train_path)
+    real_tokens = sum(len(r["input_ids"]) for r in rows)
+    return {"real_tokens": real_tokens, "mean_len": real_tokens / len(rows), "losses": [], "skipped": True}
+
+
+def run_baseline(model_dir: Path, train_path: Path, method: str, batch_size: int, out_dir: Path, profile: int) -> dict:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = tokenized_rows(tokenizer, train_path)
     # full fine-tuning keeps fp32 master weights under bf16 autocast (the Trainer's mixed precision), as ours does:
     # in bf16 weights, updates at lr 2e-5 round away and the two loss curves would part for that reason alone
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if method == "lora" else torch.float32)
@@ -205,9 +231,10 @@ def run_baseline(model_dir: Path, train_path: Path, method: str, batch_size: int
                              save_strategy="no", report_to=[], seed=42, disable_tqdm=True,
                              use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available())
     clock = step_clock()
+    profiler = [profile_callback("baseline", profile)] if profile else []
     trainer = Trainer(model=model, args=args, train_dataset=rows,
                       data_collator=DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100),
-                      callbacks=[clock] + ([profile_callback("baseline", profile)] if profile else []))
+                      callbacks=[clock] + profiler)
     _reset_memory()
     start = time.perf_counter()
     trainer.train()
@@ -216,7 +243,7 @@ def run_baseline(model_dir: Path, train_path: Path, method: str, batch_size: int
     real_tokens = sum(len(r["input_ids"]) for r in rows)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"seconds": seconds, "real_tokens": real_tokens, "steps": trainer.state.global_step,
-            "steady_steps_per_s": clock.steady_steps_per_s(),
+            "steady_steps_per_s": clock.steady_steps_per_s(_profiled(profiler)),
             "peak_gib": _peak_gib(), "final_loss": sum(losses[-3:]) / len(losses[-3:]),
             "mean_len": real_tokens / len(rows), "losses": losses}
 
@@ -239,12 +266,12 @@ def run_ours(model_dir: Path, train_path: Path, recipe: TrainingRecipe, out_dir:
 
     start = time.perf_counter()
     clock = step_clock()
-    result = train_sft(train_path, model_dir, out_dir, recipe, report,
-                       extra_callbacks=[clock] + ([profile_callback(label, profile)] if profile else []))
+    profiler = [profile_callback(label, profile)] if profile else []
+    result = train_sft(train_path, model_dir, out_dir, recipe, report, extra_callbacks=[clock] + profiler)
     seconds = time.perf_counter() - start
     return {"seconds": result.train_runtime_s, "wall_with_setup_s": seconds, "real_tokens": real_tokens,
             "trainer_tokens_seen": result.tokens_seen,
-            "steps": result.global_step, "steady_steps_per_s": clock.steady_steps_per_s(), "peak_gib": _peak_gib(),
+            "steps": result.global_step, "steady_steps_per_s": clock.steady_steps_per_s(_profiled(profiler)), "peak_gib": _peak_gib(),
             "final_loss": sum(losses[-3:]) / max(len(losses[-3:]), 1), "losses": losses}
 
 
@@ -256,6 +283,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="baseline examples per step")
     parser.add_argument("--ours", nargs="+", default=["{}"], help="JSON overrides of our TrainingRecipe, one run each")
     parser.add_argument("--profile", type=int, default=0, help="profile this many steps of each run (0: off)")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the baseline run (for absolute figures such as MFU over a longer run; no ratios)")
     parser.add_argument("--tokenizer", type=Path, default=Path(".bench_assets/smollm2"))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -278,8 +307,9 @@ def main() -> None:
     # "_cudnn_sdp": false runs that variant with cuDNN attention off (SDPA then picks flash or mem-efficient)
     cudnn_sdp = [o.pop("_cudnn_sdp", True) for o in overrides]
     recipes = [TrainingRecipe.model_validate({**defaults, **o}) for o in overrides]
-    results = {"baseline": run_baseline(work / "model", work / "train.jsonl", args.method, args.batch_size,
-                                        work / "baseline", args.profile)}
+    results = {"baseline": data_only(work / "model", work / "train.jsonl") if args.no_baseline else
+               run_baseline(work / "model", work / "train.jsonl", args.method, args.batch_size, work / "baseline",
+                            args.profile)}
     summarise(results, args, params, examples, gpu, peak, recipes, cudnn_sdp)
     for i, recipe in enumerate(recipes):
         if torch.cuda.is_available():
@@ -302,6 +332,8 @@ def summarise(results: dict, args, params: int, examples: int, gpu: str, peak: f
     print(f"\n{args.model} ({params / 1e6:.0f}M params), {args.method}, {examples} examples, mean {mean_len:.0f} tokens, on {gpu}")
     print(f"{'run':9} {'steps':>6} {'tokens/s':>10} {'steady':>10} {'peak GiB':>9} {'MFU':>6} {'steady MFU':>10} {'final loss':>10}")
     for name, r in results.items():
+        if r.get("skipped"):
+            continue
         r["tokens_per_s"] = r["real_tokens"] / r["seconds"]
         # every run sees the same tokens on average per step, so the steady step rate converts to tokens/s
         r["steady_tokens_per_s"] = r["steady_steps_per_s"] * r["real_tokens"] / r["steps"]
@@ -310,7 +342,7 @@ def summarise(results: dict, args, params: int, examples: int, gpu: str, peak: f
         print(f"{name:9} {r['steps']:>6} {r['tokens_per_s']:>10.0f} {r['steady_tokens_per_s']:>10.0f} {r['peak_gib']:>9.2f} "
               f"{r['mfu']:>6.1%} {r['steady_mfu']:>10.1%} {r['final_loss']:>10.3f}")
     for name, r in results.items():
-        if name != "baseline":
+        if name != "baseline" and not base.get("skipped"):
             r["loss_gap"] = loss_gap(base["losses"], r["losses"]) if r["steps"] == base["steps"] else None
             gap = (f", loss curves {r['loss_gap']['mean_relative_gap']:.1%} apart on average (at most "
                    f"{r['loss_gap']['max_relative_gap']:.1%}) over {r['loss_gap']['points']} points") if r["loss_gap"] else \
