@@ -109,7 +109,7 @@ def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any],
                          callbacks=[reporting_callback(reporter), marker_callback()]
                          + ([mirror_callback(checkpoint_uri)] if checkpoint_uri else []))
     trainer.remove_callback(PrinterCallback)
-    gather_blocks_whole(trainer.model, training.distributed, "lora" if sft["adapter_path"] else "full")
+    gather_blocks_whole(trainer.model, training.distributed)
     resume = resume_point(checkpoint_dir, checkpoint_uri, reporter, trainer.args)
     started = time.monotonic()
     with terse_parameter_repr(training.distributed):

@@ -196,7 +196,7 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
                             eval_dataset=Dataset.from_list(eval_rows) if evaluating else None,
                             processing_class=tokenizer, peft_config=peft_config(recipe), callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # progress goes through the reporter, not raw dicts on stdout
-    gather_blocks_whole(trainer.model, recipe.distributed, recipe.method)
+    gather_blocks_whole(trainer.model, recipe.distributed)
     if recipe.torch_compile:
         reporter(f"compiled {compile_repeated_blocks(trainer.model)} repeated blocks (dynamic shapes)", {})
     if _unpacked_padding_free(recipe):
