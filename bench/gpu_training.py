@@ -174,9 +174,9 @@ def step_clock():
             """Steps per second after the first fifth of the run (warm-up), leaving out the steps in `skip`
             (profiled ones: the profilers slow them down several times)."""
             warm = len(self.times) // 5
-            spans = [(step, end - start) for (_, start), (step, end) in zip(self.times[warm:], self.times[warm + 1:])
+            spans = [end - start for (_, start), (step, end) in zip(self.times[warm:], self.times[warm + 1:])
                      if step not in skip]
-            return len(spans) / sum(d for _, d in spans) if spans else math.nan
+            return len(spans) / sum(spans) if spans else math.nan
 
     return StepClock()
 
@@ -204,13 +204,18 @@ def tokenized_rows(tokenizer, train_path: Path) -> list[dict]:
     return rows
 
 
+def token_counts(rows: list[dict]) -> dict:
+    """Real (non-padding) tokens of the rows, and their mean length."""
+    real_tokens = sum(len(r["input_ids"]) for r in rows)
+    return {"real_tokens": real_tokens, "mean_len": real_tokens / len(rows)}
+
+
 def data_only(model_dir: Path, train_path: Path) -> dict:
     """The token counts a baseline run would report, without training it (`--no-baseline`)."""
     from transformers import AutoTokenizer
 
     rows = tokenized_rows(AutoTokenizer.from_pretrained(model_dir), train_path)
-    real_tokens = sum(len(r["input_ids"]) for r in rows)
-    return {"real_tokens": real_tokens, "mean_len": real_tokens / len(rows), "losses": [], "skipped": True}
+    return {**token_counts(rows), "losses": [], "skipped": True}
 
 
 def run_baseline(model_dir: Path, train_path: Path, method: str, batch_size: int, out_dir: Path, profile: int) -> dict:
@@ -240,12 +245,10 @@ def run_baseline(model_dir: Path, train_path: Path, method: str, batch_size: int
     trainer.train()
     _sync()
     seconds = time.perf_counter() - start
-    real_tokens = sum(len(r["input_ids"]) for r in rows)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"seconds": seconds, "real_tokens": real_tokens, "steps": trainer.state.global_step,
+    return {"seconds": seconds, **token_counts(rows), "steps": trainer.state.global_step,
             "steady_steps_per_s": clock.steady_steps_per_s(_profiled(profiler)),
-            "peak_gib": _peak_gib(), "final_loss": sum(losses[-3:]) / len(losses[-3:]),
-            "mean_len": real_tokens / len(rows), "losses": losses}
+            "peak_gib": _peak_gib(), "final_loss": sum(losses[-3:]) / len(losses[-3:]), "losses": losses}
 
 
 def run_ours(model_dir: Path, train_path: Path, recipe: TrainingRecipe, out_dir: Path, label: str, profile: int,
