@@ -291,6 +291,10 @@ def main() -> None:
     parser.add_argument("--tokenizer", type=Path, default=Path(".bench_assets/smollm2"))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    overrides = [json.loads(o) for o in args.ours]
+    if any("max_steps" in o or "epochs" in o for o in overrides):
+        # tokens/s divides the whole epoch's real tokens by the run's time: a shorter run would be overstated
+        parser.error("--ours may not set max_steps or epochs: every run trains one whole epoch (use --repeat)")
 
     import torch
 
@@ -306,7 +310,6 @@ def main() -> None:
                 "learning_rate": 2e-4 if args.method == "lora" else 2e-5, "lr_scheduler": "linear", "warmup_ratio": 0,
                 "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
                 "save_steps": 10**6, "merge_adapter": False}  # the baseline saves nothing either
-    overrides = [json.loads(o) for o in args.ours]
     # "_cudnn_sdp": false runs that variant with cuDNN attention off (SDPA then picks flash or mem-efficient)
     cudnn_sdp = [o.pop("_cudnn_sdp", True) for o in overrides]
     recipes = [TrainingRecipe.model_validate({**defaults, **o}) for o in overrides]

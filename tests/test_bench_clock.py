@@ -1,10 +1,11 @@
-"""The benchmark's steady rate: warm-up and profiled steps are left out, every other step counts."""
+"""The training benchmark's rates: warm-up and profiled steps are left out of the steady rate, every other step
+counts, and a run shorter or longer than the one epoch its token count assumes is refused."""
 
 from types import SimpleNamespace
 
 import pytest
 
-from bench.gpu_training import _profiled, profile_callback, step_clock
+from bench.gpu_training import _profiled, main, profile_callback, step_clock
 
 
 def _run(clock, durations: list[float]) -> None:
@@ -34,3 +35,11 @@ def test_clock_records_the_trainer_step():
     clock = step_clock()
     clock.on_step_end(None, SimpleNamespace(global_step=7), None)
     assert clock.times[0][0] == 7
+
+
+@pytest.mark.parametrize("override", ['{"max_steps": 5}', '{"epochs": 2}'])
+def test_runs_other_than_one_epoch_are_refused_before_any_work(override, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["gpu_training.py", "--model", "tiny", "--ours", "{}", override])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2 and "may not set max_steps or epochs" in capsys.readouterr().err
