@@ -7,18 +7,10 @@ from pathlib import Path
 import dagster as dg
 
 from pipeline.evaluation.report import beats_champion
-from pipeline.lineage import code_version
+from assets.feedback import FEEDBACK_WINDOW
+from pipeline.lineage import code_version, data_lineage_tags
 from resources import ModelRegistry, RecipeResource
 from resources.mlflow_registry import CHALLENGER, CHAMPION
-
-UPSTREAM_DATA = ["seed_examples", "quarantined_examples", "deduped_examples"]
-
-
-def _latest_data_version(context: dg.AssetExecutionContext, asset: str) -> str:
-    event = context.instance.get_latest_materialization_event(dg.AssetKey(asset))
-    if event is None or event.asset_materialization is None:
-        return "unknown"
-    return event.asset_materialization.tags.get("dagster/data_version", "unknown")
 
 
 @dg.asset(
@@ -28,6 +20,7 @@ def _latest_data_version(context: dg.AssetExecutionContext, asset: str) -> str:
     "fine-tuned model, with its tokenizer and lineage tags: base and hash, "
     "data versions, recipe, code version, Dagster run, eval scores. Alias `challenger` always; `champion` when it "
     "beats the current champion on the same held-out examples. Runs only when the blocking gate checks pass.",
+    ins={"feedback_window": FEEDBACK_WINDOW},
 )
 def registry_entry(
     context: dg.AssetExecutionContext,
@@ -36,6 +29,10 @@ def registry_entry(
     base_model: dict,
     recipe: RecipeResource,
     registry: ModelRegistry,
+    seed_examples: list,
+    quarantined_examples: list,
+    deduped_examples: list,
+    feedback_window: dict | None,
 ) -> dg.Output[dict]:
     settings = recipe.load()
     candidate = dpo_checkpoint  # the final candidate: the DPO model, or the SFT model when DPO is off
@@ -45,7 +42,8 @@ def registry_entry(
         "base_model.source": base_model["source"],
         "base_model.source_sha256": base_model["source_sha256"],
         "base_model.sha256": base_model["sha256"],
-        **{f"data.{a}": _latest_data_version(context, a) for a in UPSTREAM_DATA},
+        **data_lineage_tags({"seed_examples": seed_examples, "quarantined_examples": quarantined_examples,
+                             "deduped_examples": deduped_examples}, feedback_window),
         "data.train_split": candidate["train_split_version"],
         "data.heldout_split": eval_report["heldout_split_version"],
         "data.sources": ",".join(s.path for s in settings.data.sources),

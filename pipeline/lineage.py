@@ -37,3 +37,40 @@ def format_lineage(model_name: str, version: str, aliases: list[str], tags: dict
     if "recipe.values" in tags:
         lines.append(f"  {'recipe.values'.ljust(width)}  {tags['recipe.values']}")
     return "\n".join(lines)
+
+
+SEED_DATA = ("seed_examples", "quarantined_examples", "deduped_examples")
+
+
+def data_lineage_tags(values: dict[str, list], feedback_window: dict | None) -> dict[str, str]:
+    """Data versions computed from the values this run read (never a look-up of what was materialized last),
+    and for feedback the window, each day read with its examples' and events' versions, and the days missing."""
+    from pipeline.curation.records import dataset_version
+
+    tags = {f"data.{name}": dataset_version(values[name]) for name in SEED_DATA}
+    if not feedback_window:
+        tags["feedback.window"] = "none"
+        return tags
+    days, parts = feedback_window["days"], feedback_window["partitions"]
+    tags.update({
+        "feedback.window": f"{days[0]}..{feedback_window['end']}",
+        "feedback.window_version": feedback_window["version"],
+        "feedback.partitions": ",".join(parts) or "none",
+        "feedback.missing": ",".join(feedback_window["missing"]) or "none",
+    })
+    events: dict[str, set[str]] = {}
+    for day, part in parts.items():
+        tags[f"feedback.examples.{day}"] = part["examples_version"]
+        tags[f"feedback.curated.{day}"] = str(part["sft"] + part["pairs"])
+        for events_day, version in part["events_versions"].items():
+            events.setdefault(events_day, set()).add(version)
+    # a day of events read by two example partitions at two versions says so, rather than picking one
+    tags.update({f"feedback.events.{day}": "|".join(sorted(v)) for day, v in sorted(events.items())})
+    return tags
+
+
+def trained_feedback(tags: dict[str, str]) -> dict[str, tuple[str, int]]:
+    """Day -> (examples version, curated count) of the feedback a registered version was trained on."""
+    prefix = "feedback.examples."
+    return {k[len(prefix):]: (v, int(tags.get(f"feedback.curated.{k[len(prefix):]}", "0")))
+            for k, v in tags.items() if k.startswith(prefix)}

@@ -235,8 +235,6 @@ class FeedbackRecipe(_Section):
                                   "new since the champion's data that make the sensor request a retraining.")
     cron: str = Field("0 2 * * *", description="Cron of the `nightly_retraining` schedule.")
     cron_timezone: str = Field("UTC", description="Timezone the cron is read in.")
-    max_attempts: int = Field(8, ge=1, description="S3 attempts per request (boto3 `standard` retry mode: throttling, "
-                              "5xx and dropped connections, with exponential backoff).")
     max_quarantine_share: float = Field(0.2, ge=0, le=1, description="Fail a day's read when more than this share of "
                                         "its lines is malformed (the quarantine is kept for inspection).")
     max_pair_turns: int = Field(1, ge=1, description="User turns a preference pair's prompt may have (the DPO stage "

@@ -17,6 +17,7 @@ class Bucket(dg.ConfigurableResource):
     root: str = "./.store"
     endpoint_url: str | None = None  # S3-compatible stores (MinIO, Ceph); credentials come from the AWS environment
     cache_dir: str = "~/.cache/llm-pipeline"  # local copies of remote objects that need a file path (models)
+    max_attempts: int = 8  # per S3 request: boto3's `standard` retries (throttling, 5xx, dropped connections), with backoff
 
     _client = PrivateAttr(default=None)
 
@@ -31,8 +32,10 @@ class Bucket(dg.ConfigurableResource):
     def _s3(self):
         if self._client is None:
             import boto3
+            from botocore.config import Config
 
-            self._client = boto3.client("s3", endpoint_url=self.endpoint_url)
+            retries = Config(retries={"mode": "standard", "max_attempts": self.max_attempts}, connect_timeout=10, read_timeout=60)
+            self._client = boto3.client("s3", endpoint_url=self.endpoint_url, config=retries)
         return self._client
 
     def uri(self, key: str) -> str:
@@ -68,6 +71,25 @@ class Bucket(dg.ConfigurableResource):
             bucket, path = self._split(key)
             return self._s3().list_objects_v2(Bucket=bucket, Prefix=path, MaxKeys=1).get("KeyCount", 0) > 0
         return self.local_path(key).exists()
+
+    def list_objects(self, prefix: str) -> list[tuple[str, str]]:
+        """(key, tag) of every object under `prefix`, keys relative to the root; the tag is the S3 ETag, or the
+        modification time and size of a local file, so a rewritten object reads as changed."""
+        if self.is_remote:
+            bucket, path = self._split(prefix)
+            root = path[: len(path) - len(prefix)]
+            pages = self._s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=path)
+            return [(o["Key"][len(root):], o["ETag"].strip('"')) for page in pages for o in page.get("Contents", [])]
+        base = resolve(self.root)
+        folder = base / prefix
+        if not folder.exists():
+            return []
+        found = []
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and not path.name.endswith(".tmp"):
+                stat = path.stat()
+                found.append((path.relative_to(base).as_posix(), f"{stat.st_mtime_ns}-{stat.st_size}"))
+        return found
 
     def upload_dir(self, local: Path, key: str) -> str:
         """Copy a local folder under `key` (a no-op when it already is that folder)."""

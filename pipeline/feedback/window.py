@@ -7,13 +7,13 @@ the instance says was materialized last.
 from __future__ import annotations
 
 from collections import Counter
+from itertools import zip_longest
 
 from pipeline.curation.near_dup import near_duplicates_of
 from pipeline.curation.records import Record, dataset_version, prompt_key, sha256_json
 from pipeline.curation.split import Split, grouped_split
 from pipeline.feedback.curate import drop_duplicate_pairs, pair_key
 from pipeline.feedback.examples import SOURCE, as_dpo_row
-from pipeline.feedback.layout import shift_day
 from pipeline.recipe import DataRecipe, NearDupRecipe
 
 
@@ -26,7 +26,7 @@ def examples_version(day_value: dict) -> str:
     return dataset_version(day_value["sft"] + day_value["pairs"])
 
 
-def assemble_window(end: str, days: list[str], loaded: dict[str, dict], heldout_days: int) -> dict:
+def assemble_window(end: str, days: list[str], loaded: dict[str, dict]) -> dict:
     """One value for the window ending at `end`: every day read with the versions of what was read, the days
     that had no partition, SFT examples in day order and pairs deduplicated across days."""
     read = [d for d in days if d in loaded]
@@ -39,7 +39,6 @@ def assemble_window(end: str, days: list[str], loaded: dict[str, dict], heldout_
         "days": days,
         "partitions": partitions,
         "missing": [d for d in days if d not in loaded],
-        "heldout_from": shift_day(end, 1 - heldout_days) if heldout_days else None,
         "sft": sft,
         "pairs": pairs,
         "pairs_dropped_across_days": len(dropped),
@@ -66,6 +65,12 @@ def _decontaminate(candidates: list[Record], heldout: list[Record], golden: list
     return train, removed
 
 
+def heldout_from_latest(records: list[Record], heldout_days: int) -> str | None:
+    """The first held-out day: the latest `heldout_days` days that have feedback examples (None: hold out none)."""
+    days = sorted({r["meta"]["feedback_day"] for r in records if is_feedback(r)})
+    return days[max(len(days) - heldout_days, 0)] if heldout_days and days else None
+
+
 def seeds_and_feedback_split(records: list[Record], data: DataRecipe, heldout_from: str | None,
                              golden: list[Record] = ()) -> Split:
     """Seeds split by group as before; feedback held out by time (families with any example on or after
@@ -74,7 +79,9 @@ def seeds_and_feedback_split(records: list[Record], data: DataRecipe, heldout_fr
     feedback = [r for r in records if is_feedback(r)]
     seed_split = grouped_split(seeds, data.heldout_fraction, data.heldout_max_examples, data.seed)
     later = {r["group"] for r in feedback if heldout_from and r["meta"]["feedback_day"] >= heldout_from}
-    heldout = seed_split.heldout + [r for r in feedback if r["group"] in later]
+    feedback_heldout = [r for r in feedback if r["group"] in later]
+    # interleaved, so an evaluation that scores the first `max_examples` sees both kinds
+    heldout = [r for pair in zip_longest(seed_split.heldout, feedback_heldout) for r in pair if r is not None]
     candidates = seed_split.train + [r for r in feedback if r["group"] not in later]
     train, removed = _decontaminate(candidates, heldout, list(golden), data.near_dup)
     return Split(train, heldout, removed, seed_split.heldout_groups + len(later),
