@@ -122,3 +122,52 @@ def build_automation(feedback: FeedbackRecipe, partitions: dg.PartitionsDefiniti
         return request if request is not None else dg.SkipReason(reason)
 
     return {"jobs": [ingest, retrain], "sensors": [feedback_bucket_sensor], "schedules": [nightly_retraining]}
+
+
+def backfill(defs: dg.Definitions, instance: dg.DagsterInstance, first: str, last: str,
+             log=print) -> list[dg.ExecuteInProcessResult]:
+    """Ingest every day from `first` to `last` (one run per day), then ONE retraining over the window ending at the
+    last partition; stops before retraining when a day fails. Runs are recorded in `instance`, as from the UI."""
+    ingest, retrain = defs.resolve_job_def(INGEST_JOB), defs.resolve_job_def(RETRAIN_JOB)
+    partitions = ingest.partitions_def
+    keys = partitions.get_partition_keys(dynamic_partitions_store=instance)
+    days = days_between(first, last)
+    outside = [d for d in days if d not in keys]
+    if outside:
+        raise ValueError(f"{', '.join(outside[:5])}{' ...' if len(outside) > 5 else ''} not among the feedback partitions "
+                         f"{keys[0]}..{keys[-1]} (feedback.start_date / end_date in the recipe)")
+    results = []
+    for day in days:
+        result = ingest.execute_in_process(partition_key=day, instance=instance, raise_on_error=False,
+                                           tags={"dagster/backfill_range": f"{first}..{last}"})
+        log(f"ingest {day}: {'ok' if result.success else 'FAILED'} (run {result.run_id})")
+        results.append(result)
+        if not result.success:
+            log("a day failed: no retraining; fix it and run the backfill again")
+            return results
+    end = partitions.get_last_partition_key()
+    log(f"retraining once over the window ending {end}")
+    result = retrain.execute_in_process(partition_key=end, instance=instance, raise_on_error=False,
+                                        tags={"dagster/backfill_range": f"{first}..{last}"})
+    log(f"retraining: {'ok' if result.success else 'FAILED'} (run {result.run_id})")
+    return [*results, result]
+
+
+def tick_in_process(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None,
+                    log=print) -> tuple[dg.SensorResult, list[dg.ExecuteInProcessResult]]:
+    """One evaluation of the bucket sensor without a daemon, its run requests executed in process (the demo's
+    loop); returns what the sensor said and the runs. The caller keeps `result.cursor` for the next tick."""
+    sensor = defs.get_sensor_def("feedback_bucket_sensor")
+    resources = {k: defs.resources[k] for k in ("bucket", "registry", "recipe")}
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources, definitions=defs) as context:
+        result = sensor(context)
+    runs = []
+    for request in result.run_requests or []:
+        job = defs.resolve_job_def(request.job_name)
+        run = job.execute_in_process(partition_key=request.partition_key, instance=instance, raise_on_error=False,
+                                     asset_selection=request.asset_selection, tags=request.tags)
+        log(f"{request.job_name}[{request.partition_key}]: {'ok' if run.success else 'FAILED'} (run {run.run_id})")
+        runs.append(run)
+    if not result.run_requests:
+        log(f"sensor skipped: {result.skip_reason.skip_message if result.skip_reason else '-'}")
+    return result, runs

@@ -86,4 +86,12 @@ def build_definitions(deployment: str | None = None) -> dg.Definitions:
     )
 
 
+def definitions_with(feedback: FeedbackRecipe, resources: dict) -> dg.Definitions:
+    """The same graph with another feedback section and resources (tests, the feedback demo)."""
+    assets, triggers = feedback_graph(feedback)
+    return dg.Definitions(assets=[*dg.load_assets_from_modules(STAGE_MODULES), *assets], asset_checks=all_checks,
+                          jobs=[finetune_job, *triggers["jobs"]], sensors=triggers["sensors"],
+                          schedules=triggers["schedules"], resources=resources)
+
+
 defs = build_definitions()

@@ -27,11 +27,34 @@ LINEAGE_ORDER = [
 ]
 
 
+FEEDBACK_DAY_KEYS = ("feedback.examples.", "feedback.curated.", "feedback.events.")
+
+
+def format_feedback(tags: dict[str, str]) -> list[str]:
+    """The feedback chain: the window, then each day with its examples' version and count and its events' version."""
+    if tags.get("feedback.window", "none") == "none":
+        return ["  feedback: none (seed data only)"]
+    lines = [f"  feedback window {tags['feedback.window']}  (version {tags.get('feedback.window_version', '?')[:16]})",
+             f"    days missing (no partition): {tags.get('feedback.missing', 'none')}"]
+    days = sorted({k.rsplit(".", 1)[-1] for k in tags if k.startswith(FEEDBACK_DAY_KEYS)})
+    for day in days:
+        examples = tags.get(f"feedback.examples.{day}")
+        part = (f"examples {examples[:16]} ({tags.get(f'feedback.curated.{day}', '?')} curated)" if examples
+                else "(interactions only, read for joins)")
+        lines.append(f"    feedback/dt={day}/  {part}  <- events {tags.get(f'feedback.events.{day}', '?')[:16]}")
+    return lines
+
+
 def format_lineage(model_name: str, version: str, aliases: list[str], tags: dict[str, str]) -> str:
-    """A readable lineage sheet: the known keys in a fixed order, then anything else recorded."""
+    """A readable lineage sheet: the known keys in a fixed order, the feedback days, then anything else recorded."""
     lines = [f"{model_name} version {version}" + (f"  (aliases: {', '.join(sorted(aliases))})" if aliases else "")]
-    width = max([len(k) for k in tags] + [10])
-    for key in LINEAGE_ORDER + sorted(k for k in tags if k not in LINEAGE_ORDER and k != "recipe.values"):
+    width = max([len(k) for k in tags if not k.startswith(("feedback.", "recipe.values"))] + [10])
+    sources = tags.get("data.sources")
+    if sources:
+        lines.append("  seed files: " + ", ".join(sources.split(",")))
+    lines += format_feedback(tags)
+    rest = sorted(k for k in tags if k not in LINEAGE_ORDER and k != "recipe.values" and not k.startswith("feedback."))
+    for key in LINEAGE_ORDER + rest:
         if key in tags:
             lines.append(f"  {key.ljust(width)}  {tags[key]}")
     if "recipe.values" in tags:
