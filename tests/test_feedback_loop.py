@@ -83,11 +83,9 @@ def test_registered_version_names_exactly_the_partitions_and_versions_its_traini
         assert tags[f"feedback.curated.{day}"] == str(examples[0].metadata["curated"].value)
         read_versions[day] = tags[f"feedback.examples.{day}"]
 
-    # a late object changes one day afterwards: the registered version still names what it read, not the latest
+    # a late object changes one day afterwards: the version's lineage keeps naming what its training read
     late_day = WEEK[2]
     bucket = defs.resources["bucket"]
-    events = [json.loads(line) for line in (store / "assets" / "feedback_events" / f"{late_day}.json").open()
-              .read().splitlines()[:0]] or []
     interaction = {"kind": "interaction", "id": "late-1", "ts": f"{late_day}T23:59:00.000Z",
                    "model": {"name": "m", "version": "1"}, "response": "a text editor",
                    "messages": [{"role": "user", "content": "Write the one-line summary of this Debian package from its "
@@ -97,7 +95,7 @@ def test_registered_version_names_exactly_the_partitions_and_versions_its_traini
     bucket.write_bytes(object_key(late_day, "serve-late", "20261201T000000", 0),
                        gzip_lines([json.dumps(interaction), json.dumps(correction)]))
     rerun = defs.resolve_job_def(INGEST_JOB).execute_in_process(partition_key=late_day, instance=instance)
-    assert rerun.success and not events
+    assert rerun.success
     latest = materializations(instance, "feedback_examples", late_day)[0].tags["dagster/data_version"]
     assert latest != read_versions[late_day]
     assert registry.version_tags(recipe.registry.model_name, entry["version"])[f"feedback.examples.{late_day}"] == read_versions[late_day]
