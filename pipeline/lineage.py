@@ -34,8 +34,10 @@ def format_feedback(tags: dict[str, str]) -> list[str]:
     """The feedback chain: the window, then each day with its examples' version and count and its events' version."""
     if tags.get("feedback.window", "none") == "none":
         return ["  feedback: none (seed data only)"]
+    missing = [d for d in tags.get("feedback.missing", "none").split(",") if d != "none"]
+    shown = ", ".join(missing) if len(missing) <= 4 else f"{len(missing)} days, {missing[0]} .. {missing[-1]}"
     lines = [f"  feedback window {tags['feedback.window']}  (version {tags.get('feedback.window_version', '?')[:16]})",
-             f"    days missing (no partition): {tags.get('feedback.missing', 'none')}"]
+             f"    days without a partition: {shown or 'none'}"]
     days = sorted({k.rsplit(".", 1)[-1] for k in tags if k.startswith(FEEDBACK_DAY_KEYS)})
     for day in days:
         examples = tags.get(f"feedback.examples.{day}")
