@@ -88,8 +88,13 @@ def build_automation(feedback: FeedbackRecipe, partitions: dg.PartitionsDefiniti
         changed, cursor_next = changed_days(listing, cursor)
         outside = sorted(d for d in changed if not first <= d <= last)
         for day in outside:
-            context.log.warning(f"feedback/dt={day}/ is outside the partitions {first}..{last}; not read")
+            context.log.warning(f"feedback/dt={day}/ is outside the partitions {first}..{last}; not read yet")
             changed.pop(day)
+            # not marked as seen: once the day is a partition (tomorrow's folder, a later end_date) it is read
+            if day in cursor:
+                cursor_next[day] = cursor[day]
+            else:
+                cursor_next.pop(day)
         requests = []
         for day, state in changed.items():
             requests.append(dg.RunRequest(job_name=INGEST_JOB, partition_key=day, run_key=f"ingest:{day}:{state['digest']}",
@@ -118,6 +123,8 @@ def build_automation(feedback: FeedbackRecipe, partitions: dg.PartitionsDefiniti
     @dg.schedule(name="nightly_retraining", job=retrain, cron_schedule=feedback.cron, execution_timezone=feedback.cron_timezone,
                  description="Retrains every night on the seeds + the feedback window, unless nothing is new since the champion.")
     def nightly_retraining(context: dg.ScheduleEvaluationContext, registry: ModelRegistry, recipe: RecipeResource):
+        if _in_flight(context.instance, RETRAIN_JOB):
+            return dg.SkipReason("a retraining run is in flight")
         request, reason = retraining_decision(context.instance, registry, recipe, last_day(), threshold=1)
         return request if request is not None else dg.SkipReason(reason)
 

@@ -129,6 +129,11 @@ def build_feedback_assets(feedback: FeedbackRecipe) -> list[dg.AssetsDefinition]
     )
     def feedback_window(context: dg.AssetExecutionContext, feedback_examples: dict) -> dg.Output[dict]:
         end = context.partition_key
+        last = partitions.get_last_partition_key()
+        if context.job_name == "retraining" and end != last:
+            # the retraining graph reads the last window partition; training on another would name the wrong days
+            raise dg.Failure(f"retraining trains on the window ending at the last partition ({last}); run it for {last}, "
+                             f"not {end}")
         days = sorted(context.asset_partition_keys_for_input("feedback_examples"))
         value = assemble_window(end, days, feedback_examples)
         if value["missing"]:

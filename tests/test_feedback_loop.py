@@ -176,7 +176,10 @@ def watched(tiny_model_dir, tmp_path):
 
 def test_sensor_ingests_each_day_once_and_its_cursor_survives_a_restart(watched):
     _, _, defs, instance = watched
+    after_end = "2026-11-30"  # past the last partition (a writer's clock ahead): left unread, and unmarked
+    defs.resources["bucket"].write_bytes(object_key(after_end, "serve-x", "20261130T000000", 0), gzip_lines(["{}"]))
     first, runs = tick_in_process(defs, instance, None, log=lambda _: None)
+    assert after_end not in json.loads(first.cursor)
     requests = first.run_requests
     assert {r.partition_key for r in requests} == set(WEEK[:3]) and {r.job_name for r in requests} == {INGEST_JOB}
     assert len({r.run_key for r in requests}) == len(requests) and all(r.success for r in runs)
