@@ -2,6 +2,7 @@
 
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -52,6 +53,23 @@ class TrainingLauncher(dg.ConfigurableResource):
     load_incluster_config: bool | None = None  # None: in-cluster when KUBERNETES_SERVICE_HOST is set
     kubeconfig_file: str | None = None
     poll_interval: float = 10.0
+
+    @classmethod
+    def from_env(cls, variable: str = "PIPELINE_LAUNCHER") -> "TrainingLauncher":
+        """The launcher described by a JSON object of its fields in `variable` (a ConfigMap key on Kubernetes), e.g.
+        {"mode": "kubernetes", "image": "registry/llm-pipeline:1.0", "gpus": 8, "s3_secret": "pipeline-s3"};
+        the local subprocess launcher when unset."""
+        text = os.environ.get(variable, "").strip()
+        if not text:
+            return cls()
+        try:
+            fields = json.loads(text)
+            unknown = sorted(set(fields) - set(cls.model_fields))
+            if unknown:
+                raise ValueError(f"unknown fields {unknown}")
+            return cls(**fields)
+        except (ValueError, TypeError, AttributeError) as error:
+            raise ValueError(f"{variable} must be a JSON object of TrainingLauncher fields: {error}") from None
 
     def process_count(self) -> int:
         if self.gpus is not None:
