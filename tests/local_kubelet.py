@@ -133,3 +133,74 @@ class LocalKubelet:
         if pod.process.poll() is None:
             pod.process.kill()
             pod.process.wait()
+
+
+class LocalKubeflow:
+    """A stand-in for Kubeflow Trainer and the API server for TrainJobs: a created TrainJob (validated against its
+    CRD) starts `numNodes` local processes running the trainer's exact command and environment plus the PET_*
+    variables Kubeflow Trainer's torch plugin injects. Each node gets its own disk: the spec's `output_dir` under
+    `pod_work_dir` is moved to `disk(rank)`, since two machines never share one."""
+
+    def __init__(self, secrets: dict[str, dict[str, str]], pod_work_dir: str, disk: Callable[[int], Path]):
+        self.secrets, self.pod_work_dir, self.disk = secrets, pod_work_dir, disk
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.nodes: dict[str, list[LocalPod]] = {}
+        self.deleted: list[str] = []
+
+    @property
+    def core_api(self):
+        return self
+
+    def __call__(self, *args, **kwargs):
+        return self
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body) -> None:
+        import json
+        import socket
+
+        from pipeline.training.remote import SPEC_ENV
+
+        validate_manifest(body)
+        name, trainer = body["metadata"]["name"], body["spec"]["trainer"]
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.jobs[name], self.nodes[name] = body, []
+        for rank in range(trainer["numNodes"]):
+            env = [dict(e) for e in trainer["env"]]
+            for var in env:
+                if var["name"] == SPEC_ENV:
+                    spec = json.loads(var["value"])
+                    spec["output_dir"] = spec["output_dir"].replace(self.pod_work_dir, str(self.disk(rank)), 1)
+                    var["value"] = json.dumps(spec)
+            env += [{"name": k, "value": v} for k, v in {
+                "PET_NNODES": str(trainer["numNodes"]), "PET_NPROC_PER_NODE": str(trainer["numProcPerNode"]),
+                "PET_NODE_RANK": str(rank), "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(port)}.items()]
+            container = {"command": trainer["command"], "env": env, "volumeMounts": []}
+            self.nodes[name].append(LocalPod({"spec": {"containers": [container]}}, self.secrets))
+
+    def list_namespaced_pod(self, namespace: str, label_selector: str):
+        from types import SimpleNamespace
+
+        from pipeline.k8s.trainjob import rank_zero_selector
+
+        items = [SimpleNamespace(metadata=SimpleNamespace(name=f"{name}-node-0-0"), status=SimpleNamespace(phase="Running"))
+                 for name in self.nodes if label_selector == rank_zero_selector(name)]
+        return SimpleNamespace(items=items)
+
+    def read_namespaced_pod_log(self, name: str, namespace: str, **_):
+        return self.nodes[name.rsplit("-node-", 1)[0]][0].log_stream()
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name) -> dict[str, Any]:
+        codes = [node.process.poll() for node in self.nodes[name]]
+        if any(code is None for code in codes):
+            return {"status": {}}
+        outcome = "Complete" if all(code == 0 for code in codes) else "Failed"
+        return {"status": {"conditions": [{"type": outcome, "status": "True"}]}}
+
+    def delete_namespaced_custom_object(self, group, version, namespace, plural, name, **_) -> None:
+        self.deleted.append(name)
+        for node in self.nodes[name]:
+            if node.process.poll() is None:
+                node.process.kill()
+                node.process.wait()

@@ -1,19 +1,17 @@
 """Several nodes: the TrainJob and its runtime validate against Kubeflow Trainer's CRDs, and the TrainJob's exact
-command and environment train across two "nodes" (two local torchruns, each with its own disk, configured only by
-the PET_* variables Kubeflow Trainer injects), every node uploading its own part of each checkpoint to S3."""
+command and environment, launched by the TrainingLauncher, train across two "nodes" (two local torchruns, each with its
+own disk, configured only by the PET_* variables Kubeflow Trainer injects; tests/local_kubelet.py), rank 0 reporting
+through Pipes and every node uploading its own part of each checkpoint to S3."""
 
-import json
-import socket
-import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from pipeline.k8s.pod import PodSettings
 from pipeline.k8s.trainjob import (cluster_training_runtime, job_outcome, rank_zero_selector, train_job)
 from pipeline.k8s.validate import ManifestInvalid, validate_manifest
-from pipeline.paths import PROJECT_ROOT
-from pipeline.training.remote import SPEC_ENV, encode_spec, remote_spec
+from pipeline.training.remote import SPEC_ENV
 from tests.conftest import tiny_recipe
 from tests.test_k8s_training import S3_KEYS, moto_s3  # noqa: F401  (the fixture)
 from tests.test_training import canonical_train_file
@@ -70,46 +68,52 @@ def test_a_trainjob_the_crd_rejects_fails_validation():
         validate_manifest(job)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_launcher_runs_a_two_node_trainjob_rank_zero_reports_and_every_node_uploads_its_part(tiny_model_dir, tmp_path,
+                                                                                          moto_s3, monkeypatch):  # noqa: F811
+    import dagster as dg
+    import kubernetes
+    from dagster_k8s import PipesK8sClient
+    from dagster_k8s.client import DagsterKubernetesClient
 
-
-def test_two_nodes_run_the_trainjob_command_and_each_uploads_its_part_of_the_checkpoints(tiny_model_dir, tmp_path,
-                                                                                        moto_s3):  # noqa: F811
     from pipeline.training.checkpoint_mirror import remote_checkpoints, restore_latest
     from pipeline.training.checkpoints import is_complete
+    from resources.launcher import TrainingLauncher
+    from tests.local_kubelet import LocalKubeflow
 
     prefix = "s3://models/runs/run-2/sft"
-    settings = PodSettings(image="unused", nodes=2, gpus=1, s3_secret="pipeline-s3", python=sys.executable,
-                           env={"AWS_ENDPOINT_URL": moto_s3, "AWS_DEFAULT_REGION": "us-east-1"})
+    kubeflow = LocalKubeflow(secrets={"pipeline-s3": S3_KEYS}, pod_work_dir="/scratch",
+                             disk=lambda rank: tmp_path / f"node-{rank}")
+    monkeypatch.setattr(DagsterKubernetesClient, "production_client", staticmethod(kubeflow))
+    monkeypatch.setattr(PipesK8sClient, "_load_k8s_config", lambda self: None)
+    monkeypatch.setattr(kubernetes.client, "CustomObjectsApi", kubeflow)
+    trainer = TrainingLauncher(mode="kubernetes", image="registry.example.com/llm-pipeline:1.0", namespace="ml",
+                               nodes=2, gpus=1, s3_secret="pipeline-s3", container_python=sys.executable,
+                               env={"AWS_ENDPOINT_URL": moto_s3, "AWS_DEFAULT_REGION": "us-east-1",
+                                    "CUDA_VISIBLE_DEVICES": ""}, poll_interval=0.1)
     spec = {"train_path": str(canonical_train_file(tmp_path, 16)), "base_path": str(tiny_model_dir),
             "output_dir": "unused", "checkpoint_uri": f"{prefix}/checkpoints",
             "training": tiny_recipe(tiny_model_dir, training={"max_steps": 2, "save_steps": 2, "batch_size": 2,
+                                                               "logging_steps": 1,
                                                                "merge_adapter": False}).training.model_dump()}
-    shared = remote_spec(spec, prefix, "unused")
-    port = _free_port()
-    nodes = []
-    for rank in range(2):
-        # the same TrainJob on two machines; here each machine's disk is its own folder
-        node_spec = encode_spec({**shared, "output_dir": str(tmp_path / f"node-{rank}" / "sft")})
-        trainer = train_job(settings, node_spec, "sft", "run-2", "sft-run-2")["spec"]["trainer"]
-        env = {k: v for k, v in __import__("os").environ.items() if k in ("PATH", "HOME", "LANG")}
-        for var in trainer["env"]:
-            env[var["name"]] = (S3_KEYS[var["valueFrom"]["secretKeyRef"]["key"]] if "valueFrom" in var else var["value"])
-        # what Kubeflow Trainer's torch plugin sets in each node's container
-        env.update(PET_NNODES="2", PET_NPROC_PER_NODE=str(trainer["numProcPerNode"]), PET_NODE_RANK=str(rank),
-                   PET_MASTER_ADDR="127.0.0.1", PET_MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="")
-        nodes.append(subprocess.Popen(trainer["command"], cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-    logs = [node.communicate(timeout=400)[0] for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+
+    @dg.asset
+    def sft(context: dg.AssetExecutionContext, launcher: TrainingLauncher) -> dg.Output:
+        return dg.Output(launcher.launch(context, dict(spec), tmp_path / "dagster-step", remote_prefix=prefix))
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([sft], resources={"launcher": trainer}, instance=instance)
+    assert result.success
+    [(name, job)] = kubeflow.jobs.items()
+    assert job["spec"]["trainer"]["numNodes"] == 2 and kubeflow.deleted == [name]
+    logs = [node.text() for node in kubeflow.nodes[name]]
     assert "step 2/2" in logs[0] and "step 2/2" not in logs[1]  # rank 0 alone reports
-    result = json.loads((tmp_path / "node-0/sft/result.json").read_text())
-    assert result["global_step"] == 2 and result["adapter_uri"] == f"{prefix}/adapter"
-    local_files = {p.name for p in (tmp_path / "node-1/sft/checkpoints/checkpoint-2").iterdir()}
-    assert local_files == {"rng_state_1.pth"}  # node 1 wrote only its own part, on its own disk
+    trained = result.output_for_node("sft")  # rank 0's Pipes message, read from its pod log
+    assert trained["global_step"] == 2 and trained["adapter_uri"] == f"{prefix}/adapter"
+    assert (Path(trained["adapter_path"]) / "adapter_model.safetensors").exists()
+    messages = [e.user_message for e in instance.all_logs(result.run_id)]
+    assert any("step 2/2" in m for m in messages)
+    # with no shared disk, node 1's part of the checkpoint exists only on node 1, and still reaches S3
+    assert {p.name for p in (tmp_path / "node-1/sft/checkpoints/checkpoint-2").iterdir()} == {"rng_state_1.pth"}
     objects = remote_checkpoints(f"{prefix}/checkpoints")["checkpoint-2"]
     assert {"rng_state_0.pth", "rng_state_1.pth", "trainer_state.json", "checkpoint_complete.json"} <= objects
     restored = restore_latest(f"{prefix}/checkpoints", tmp_path / "fresh-node")  # a retry on a new machine
