@@ -191,3 +191,44 @@ def test_training_pod_trains_against_s3_reports_through_pipes_and_resumes_after_
     assert any(f"step {max_steps}/{max_steps}" in m for m in logs)
     assert any(f"published the weights under {prefix}" in m for m in logs)
     assert "t0ken" not in json.dumps(logs)
+
+
+def test_remote_spec_uploads_local_inputs_once_and_reuses_published_ones(tmp_path, moto_s3):
+    from pipeline.training.remote import encode_spec, remote_spec, stage_inputs
+
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "config.json").write_text("{}")
+    (tmp_path / "pairs.jsonl").write_text('{"prompt": "p"}\n')
+    uploaded = []
+
+    def upload(path, uri):
+        from pipeline.training.remote import upload_path
+
+        uploaded.append(uri)
+        return upload_path(path, uri)
+
+    sft = {"adapter_path": "/dagster/step/adapter", "adapter_uri": "s3://models/runs/r/sft/adapter",
+           "model_path": "/dagster/step/merged", "model_uri": "s3://models/runs/r/sft/merged"}
+    spec = {"stage": "dpo", "train_path": str(tmp_path / "pairs.jsonl"), "base_path": str(tmp_path / "base"),
+            "base_uri": None, "output_dir": "/local", "sft_result": sft}
+    pod = remote_spec(spec, "s3://models/runs/r/dpo", "/scratch/dpo")
+    assert pod["train_path"] == "s3://models/runs/r/dpo/inputs/pairs.jsonl"
+    assert pod["base_path"] == "s3://models/runs/r/dpo/inputs/base"
+    assert pod["sft_result"]["adapter_path"] == sft["adapter_uri"]  # published by the SFT pod, not re-uploaded
+    assert pod["output_dir"] == "/scratch/dpo" and pod["output_uri"] == "s3://models/runs/r/dpo"
+    assert "base_uri" not in pod and spec["sft_result"]["adapter_path"] == "/dagster/step/adapter"  # input untouched
+    with_base = remote_spec({**spec, "base_uri": "s3://models/models/base/tiny"}, "s3://models/runs/r/dpo", "/s",
+                            upload=upload)
+    assert with_base["base_path"] == "s3://models/models/base/tiny"
+    assert uploaded == ["s3://models/runs/r/dpo/inputs/pairs.jsonl"]  # the base model is not copied per run
+    # the pod side: URIs back to files on its own disk (the SFT adapter is not in the store here, so only inputs)
+    staged = stage_inputs({**pod, "output_dir": str(tmp_path / "pod"), "sft_result": None})
+    assert Path(staged["train_path"]).read_text() == '{"prompt": "p"}\n'
+    assert (Path(staged["base_path"]) / "config.json").exists()
+    with pytest.raises(ValueError, match="s3://"):
+        remote_spec(spec, str(tmp_path), "/scratch")
+    with pytest.raises(ValueError, match="bytes"):
+        encode_spec({"train_path": "x" * 200_000})
+    with pytest.raises(FileNotFoundError, match="no such object"):
+        stage_inputs({**pod, "output_dir": str(tmp_path / "pod2"), "train_path": "s3://models/missing.jsonl",
+                      "sft_result": None})

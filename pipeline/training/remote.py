@@ -122,9 +122,11 @@ def stage_inputs(spec: dict[str, Any]) -> dict[str, Any]:
     from filelock import FileLock
 
     wanted = {"train": spec["train_path"], "base": spec["base_path"]}
-    for key in OUTPUT_KEYS:
-        if spec.get("sft_result") and is_remote(spec["sft_result"].get(key)):
-            wanted[f"sft-{key}"] = spec["sft_result"][key]
+    sft = spec.get("sft_result") or {}
+    # DPO continues the SFT adapter when there is one (its merged model is not needed), else the full model
+    key = "adapter_path" if sft.get("adapter_path") else "model_path"
+    if is_remote(sft.get(key)):
+        wanted[f"sft-{key}"] = sft[key]
     if not any(is_remote(uri) for uri in wanted.values()):
         return spec
     root = Path(spec["output_dir"], "inputs")
