@@ -131,6 +131,9 @@ def test_cluster_manifests_validate_and_hold_the_runtime_the_code_renders():
         validate_manifest(manifest)
     launcher_json = by_kind["ConfigMap"]["data"]["PIPELINE_LAUNCHER"]
     assert by_kind["ClusterTrainingRuntime"] == runtime_from_launcher_json(launcher_json)
+    printed = subprocess.run([sys.executable, "-m", "pipeline.k8s", str(DEPLOY / "k8s" / "cluster.yaml")],
+                             cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout
+    assert yaml.safe_load(printed) == by_kind["ClusterTrainingRuntime"]  # the README's re-render command
     launcher = TrainingLauncher(**json.loads(launcher_json))  # the ConfigMap's launcher is a valid resource
     assert launcher.mode == "kubernetes" and launcher.pod_settings().gpus == 8
     rules = {r["apiGroups"][0]: set(r["verbs"]) for r in by_kind["Role"]["rules"] if r["resources"] != ["pods/log"]}

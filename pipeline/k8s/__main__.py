@@ -1,17 +1,19 @@
-"""Print the cluster-wide Kubeflow Trainer runtime for the launcher settings in PIPELINE_LAUNCHER, validated:
+"""Print the cluster-wide Kubeflow Trainer runtime for the launcher settings, validated:
 
-    PIPELINE_LAUNCHER='{"mode": "kubernetes", "image": "registry/llm-pipeline:1.0"}' python -m pipeline.k8s | kubectl apply -f -
+    python -m pipeline.k8s deploy/k8s/cluster.yaml         # PIPELINE_LAUNCHER from the pipeline-env ConfigMap there
+    PIPELINE_LAUNCHER='{"image": "registry/llm-pipeline:1.0"}' python -m pipeline.k8s
 """
 
 import json
 import os
 import sys
+from pathlib import Path
 
 import yaml
 
 from pipeline.k8s.pod import PodSettings
 from pipeline.k8s.trainjob import DEFAULT_RUNTIME, cluster_training_runtime
-from pipeline.k8s.validate import validate_manifest
+from pipeline.k8s.validate import load_manifests, validate_manifest
 
 
 def runtime_from_launcher_json(text: str) -> dict:
@@ -23,8 +25,16 @@ def runtime_from_launcher_json(text: str) -> dict:
     return manifest
 
 
+def launcher_json_from_file(path: Path) -> str:
+    """PIPELINE_LAUNCHER from the first ConfigMap in `path` that sets it."""
+    for manifest in load_manifests(path):
+        if manifest.get("kind") == "ConfigMap" and "PIPELINE_LAUNCHER" in manifest.get("data", {}):
+            return manifest["data"]["PIPELINE_LAUNCHER"]
+    raise SystemExit(f"{path}: no ConfigMap with a PIPELINE_LAUNCHER key")
+
+
 if __name__ == "__main__":
-    text = os.environ.get("PIPELINE_LAUNCHER")
+    text = launcher_json_from_file(Path(sys.argv[1])) if len(sys.argv) > 1 else os.environ.get("PIPELINE_LAUNCHER")
     if not text:
-        sys.exit("set PIPELINE_LAUNCHER to the launcher's JSON (the pipeline-env ConfigMap in deploy/k8s/cluster.yaml)")
+        sys.exit("usage: python -m pipeline.k8s deploy/k8s/cluster.yaml (or set PIPELINE_LAUNCHER to the launcher's JSON)")
     sys.stdout.write(yaml.safe_dump(runtime_from_launcher_json(text), sort_keys=False))
