@@ -56,7 +56,9 @@ def _launch(context: dg.AssetExecutionContext, stage: str, spec: dict, workdir: 
     if bucket.is_remote:  # checkpoints mirrored to the store, so a retry on another machine resumes
         spec["checkpoint_uri"] = bucket.uri(f"{prefix}/checkpoints")
         spec["base_uri"] = bucket.uri(f"models/base/{Path(spec['base_path']).name}")  # where base_model put it
-    result = launcher.launch(context, spec, workdir, remote_prefix=bucket.uri(prefix) if bucket.is_remote else None)
+    # with a remote store a pod (kubernetes mode) exchanges its inputs and weights under the stage's prefix
+    remote = {"remote_prefix": bucket.uri(prefix)} if bucket.is_remote else {}
+    result = launcher.launch(context, spec, workdir, **remote)
     if bucket.is_remote:
         for key in ("adapter_path", "model_path"):
             uri_key = key.replace("_path", "_uri")
