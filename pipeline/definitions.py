@@ -17,6 +17,7 @@ from pipeline.paths import resolve, store_root
 from pipeline.recipe import FeedbackRecipe, Recipe
 from resources import Bucket, BucketJsonIOManager, ModelRegistry, RecipeResource, TrainingLauncher
 
+GPU_RUN_TAG = "pipeline/gpu"  # runs that train; the QueuedRunCoordinator's tag limit counts them
 STAGE_MODULES = [sources, curation, split, model, training, evaluation, registry]
 
 
@@ -41,7 +42,7 @@ def prod_resources() -> dict:
         "recipe": RecipeResource(path=os.environ.get("PIPELINE_RECIPE", "recipes/default.yaml")),
         "registry": ModelRegistry(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"), artifact_root=dg.EnvVar("MLFLOW_ARTIFACT_ROOT"),
                                   ui_url=os.environ.get("MLFLOW_UI_URL")),
-        "launcher": TrainingLauncher(),
+        "launcher": TrainingLauncher.from_env(),  # PIPELINE_LAUNCHER: GPU pods / TrainJobs on Kubernetes
     }
 
 
@@ -69,6 +70,7 @@ finetune_job = dg.define_asset_job(
     selection=dg.AssetSelection.all() - dg.AssetSelection.groups("feedback"),
     description="Raw examples to a gated, registered model: the whole graph on the seed data (plus the last feedback "
     "window, if one was built; the retraining job builds it).",
+    tags={GPU_RUN_TAG: "true"},  # deploy/dagster.yaml limits how many of these run at once
 )
 
 
