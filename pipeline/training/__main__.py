@@ -39,6 +39,7 @@ class TrainingSpec(BaseModel):
     sft_result: dict[str, Any] | None = None  # dpo stage only: the SFT result it starts from
     exclude_groups: list[str] = []  # dpo stage only: held-out families
     checkpoint_uri: str | None = None  # s3:// prefix that mirrors the checkpoints, so another machine can resume
+    compile_cache_uri: str | None = None  # s3:// prefix or folder of compiled-kernel caches, shared across runs
     mlflow: MlflowTarget | None = None
 
 
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             from pipeline.training.sft import train_sft
 
             trained = train_sft(Path(spec.train_path), Path(spec.base_path), Path(spec.output_dir), spec.training, report,
-                                spec.checkpoint_uri)
+                                spec.checkpoint_uri, compile_cache_uri=spec.compile_cache_uri)
             result = trained.to_dict() if trained else {}
         if not rank_zero:
             return result
