@@ -176,8 +176,8 @@ def main() -> None:
     parser.add_argument("--method", choices=["lora", "full"], default="lora")
     parser.add_argument("--examples", type=int, nargs="+", default=[1000])
     parser.add_argument("--runs", nargs="+", default=["peer", "auto={}"],
-                        help="'peer', or NAME=JSON overrides of our recipe; '_cache': 'fresh' gives that run an "
-                        "empty compile cache of its own")
+                        help="'peer', or NAME=JSON overrides of our recipe (NAME@N: at N examples only); "
+                        "'_cache': 'fresh' gives that run an empty compile cache of its own, 'none' none")
     parser.add_argument("--tokenizer", type=Path, default=ROOT / ".bench_assets/smollm2")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--worker", choices=["peer", "ours"], help=argparse.SUPPRESS)
@@ -211,6 +211,9 @@ def main() -> None:
         size = report["sizes"][str(n)] = {"examples": got, "runs": {}}
         for i, run in enumerate(args.runs):
             name, _, overrides = run.partition("=")
+            name, _, only = name.partition("@")  # NAME@N: only at N examples
+            if only and int(only) != n:
+                continue
             overrides = json.loads(overrides or "{}")
             cache = overrides.pop("_cache", "shared")
             cache_uri = {"shared": shared_cache, "fresh": str(work / f"fresh-cache-{n}-{i}"), "none": None}[cache]
