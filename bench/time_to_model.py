@@ -77,8 +77,9 @@ def _clock_summary(clock, losses: list[float], steps: int) -> dict:
     return {"steps": steps, "steady_steps_per_s": clock.steady_steps_per_s(), "losses": losses}
 
 
-def peer_worker(model_dir: Path, train: Path, method: str, out: Path) -> dict:
-    """The plain script: Trainer + PEFT, batch 16 padded, eager, SDPA; saves the adapter (or model) as safetensors."""
+def peer_worker(model_dir: Path, train: Path, method: str, out: Path, overrides: dict) -> dict:
+    """The plain script: Trainer + PEFT, batch 16 padded, eager, SDPA; saves the adapter (or model) as safetensors.
+    `overrides` may turn on gradient checkpointing (what fits the 8B shape's longest padded batches)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
@@ -94,7 +95,9 @@ def peer_worker(model_dir: Path, train: Path, method: str, out: Path) -> dict:
     marks["tokenize"] = time.time()
     args = TrainingArguments(output_dir=str(out / "checkpoints"), per_device_train_batch_size=16, num_train_epochs=1,
                              learning_rate=PEER_LR[method], logging_steps=10, save_strategy="no", report_to=[], seed=42,
-                             disable_tqdm=True, use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available())
+                             disable_tqdm=True, use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available(),
+                             gradient_checkpointing=overrides.get("gradient_checkpointing", False),
+                             gradient_checkpointing_kwargs={"use_reentrant": False})
     clock = step_clock()
     trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=[clock],
                       data_collator=DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100))
@@ -190,7 +193,8 @@ def main() -> None:
     if args.worker:
         spec = json.loads(args.spec)
         out = Path(spec["out"])
-        r = (peer_worker(Path(spec["model"]), Path(spec["train"]), spec["method"], out) if args.worker == "peer" else
+        r = (peer_worker(Path(spec["model"]), Path(spec["train"]), spec["method"], out, spec["overrides"])
+             if args.worker == "peer" else
              ours_worker(Path(spec["model"]), Path(spec["train"]), spec["method"], out, spec["overrides"], args.cache_uri))
         args.result.write_text(json.dumps(r))
         return None
@@ -217,7 +221,7 @@ def main() -> None:
             overrides = json.loads(overrides or "{}")
             cache = overrides.pop("_cache", "shared")
             cache_uri = {"shared": shared_cache, "fresh": str(work / f"fresh-cache-{n}-{i}"), "none": None}[cache]
-            kind = "peer" if name == "peer" else "ours"
+            kind = "peer" if name.startswith("peer") else "ours"
             spec = {"model": str(work / "model"), "train": str(train), "method": args.method,
                     "out": str(work / f"out-{n}-{i}"), "overrides": overrides}
             print(f"\n=== {n} examples: {name} {overrides} (cache {cache})", flush=True)
@@ -229,7 +233,7 @@ def summarise(report: dict, out: Path | None) -> None:
     """Print each size's table, whole-run ratio first, then steady; write the JSON after every run."""
     for n, size in report["sizes"].items():
         runs = size["runs"]
-        peer = runs.get("peer")
+        peer = next((r for k, r in runs.items() if k.startswith("peer")), None)
         print(f"\n{report['model']} {report['method']}, {size['examples']} examples, {report['gpu']}")
         print(f"{'run':12} {'wall s':>7} {'x peer':>7} {'steady x':>8} {'steps':>5} {'peak GiB':>8}  phases (s)")
         for name, r in runs.items():
@@ -241,7 +245,7 @@ def summarise(report: dict, out: Path | None) -> None:
             ratio = peer["wall_s"] / r["wall_s"] if ok else float("nan")
             steady = r["steady_steps_per_s"] / peer["steady_steps_per_s"] if ok else float("nan")
             r["speedup_whole"], r["speedup_steady"] = ratio, steady
-            if ok and name != "peer":
+            if ok and not name.startswith("peer"):
                 r["loss_gap"] = loss_gap(peer["losses"], r["losses"]) if r["steps"] == peer["steps"] else None
             peak = f"{r['peak_gib']:.2f}" if r.get("peak_gib") is not None else "-"
             phases = " ".join(f"{k} {v:.1f}" for k, v in r["phases_s"].items())

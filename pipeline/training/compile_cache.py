@@ -111,6 +111,15 @@ def persist_compile_cache(store: CompileCacheStore, key: str) -> tuple[int, str]
     return len(saved[0]), f"stored compile cache at {where} ({len(saved[0]) / 2**20:.1f} MiB)"
 
 
+def compile_counters() -> dict[str, int]:
+    """Frames compiled and cache hits and misses so far in this process (Dynamo, AOTAutograd, Inductor)."""
+    from torch._dynamo.utils import compilation_time_metrics, counters
+
+    return {"frames_compiled": len(compilation_time_metrics.get("_compile.compile_inner", [])),
+            **{f"{k}": v for k, v in counters["aot_autograd"].items() if "cache" in k},
+            **{f"{k}": v for k, v in counters["inductor"].items() if "cache" in k}}
+
+
 def compile_seconds() -> float:
     """Seconds this process has spent in torch.compile so far (tracing, graph compilation, kernel builds)."""
     from torch._dynamo.utils import compilation_time_metrics

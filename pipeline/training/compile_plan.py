@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.recipe import TrainingRecipe
-from pipeline.training.compile_cache import CompileCacheStore, cache_key, persist_compile_cache
+from pipeline.training.compile_cache import CompileCacheStore, cache_key, compile_counters, persist_compile_cache
 from pipeline.training.compile_policy import CompileDecision, decide_compile, expected_training_tokens
 
 
@@ -44,7 +44,8 @@ class CompilePlan:
         return {"cache_store_s": time.monotonic() - started}
 
     def summary(self) -> dict[str, Any]:
-        return {"compiled": self.decision.compile, "compile_reason": self.decision.reason,
+        counters = compile_counters() if self.decision.compile else {}
+        return {"compile_counters": counters, "compiled": self.decision.compile, "compile_reason": self.decision.reason,
                 "expected_tokens": self.decision.expected_tokens, "compile_cache_key": self.key,
                 "compile_cache_hit": self.loaded, "compile_cache_bytes_stored": self.cache_bytes_stored}
 
