@@ -134,11 +134,12 @@ class LoraRecipe(_Section):
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA): better at low rank, ~1.5x slower per step.")
 
 
-# Break-even training tokens for torch_compile auto, from bench/time_to_model.py on an H200 (~1B LoRA, batches of
-# 16 short chat examples): compiled steps saved ~24 us a token against eager ones, for a compile of 85 s cold and
-# ~60 s with the cache loaded (Dynamo still traces; only Inductor's and Triton's work is cached)
-COMPILE_MIN_TOKENS = 3_500_000
-COMPILE_MIN_TOKENS_CACHED = 2_500_000
+# Break-even training tokens for torch_compile auto, measured with bench/time_to_model.py on an H200 (~1B LoRA,
+# batches of 16 short chat examples): compiled steps took 35 us a token less than eager ones (25.7 s against 50.1 s
+# for 688k tokens), for a compile of 85 s cold and 57-60 s with the cache loaded (Dynamo still traces; the cache
+# holds Inductor's and Triton's work). Below these, eager finishes first.
+COMPILE_MIN_TOKENS = 2_400_000
+COMPILE_MIN_TOKENS_CACHED = 1_700_000
 
 
 class TrainingRecipe(_Section):

@@ -249,8 +249,10 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
     phases["save_s"] = time.monotonic() - phase_start
     if not trainer.is_world_process_zero():  # other ranks are done; rank 0 hashes and reports
         return None
+    phase_start = time.monotonic()
     adapter_sha = file_sha256(adapter_dir / "adapter_model.safetensors") if adapter_dir else None
     model_sha = weights_sha256(model_dir) if model_dir else None
+    phases["hash_s"] = time.monotonic() - phase_start  # lineage: seconds for a full model's weights
     return TrainingResult(
         method=recipe.method,
         adapter_path=str(adapter_dir) if adapter_dir else None,
