@@ -72,6 +72,8 @@ def _launch(context: dg.AssetExecutionContext, stage: str, spec: dict, workdir: 
             launcher: TrainingLauncher) -> dict:
     """Run one training stage; with a remote store, mirror checkpoints there and upload the weights it made."""
     prefix = f"runs/{context.run_id}/{stage}"
+    # compiled kernels are shared by every run on the same torch, GPU and model shape (pipeline.training.compile_cache)
+    spec.setdefault("compile_cache_uri", bucket.uri("compile-cache"))
     if bucket.is_remote:  # checkpoints mirrored to the store, so a retry on another machine resumes
         spec["checkpoint_uri"] = bucket.uri(f"{prefix}/checkpoints")
         spec["base_uri"] = bucket.uri(f"models/base/{Path(spec['base_path']).name}")  # where base_model put it

@@ -42,6 +42,7 @@ class TrainingSpec(BaseModel):
     exclude_groups: list[str] = []  # dpo stage only: held-out families
     checkpoint_uri: str | None = None  # s3:// prefix that mirrors the checkpoints, so another machine can resume
     output_uri: str | None = None  # s3:// prefix where rank 0 publishes the adapter and model (no shared disk)
+    compile_cache_uri: str | None = None  # s3:// prefix or folder of compiled-kernel caches, shared across runs
     mlflow: MlflowTarget | None = None
 
 
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             from pipeline.training.sft import train_sft
 
             trained = train_sft(Path(spec.train_path), Path(spec.base_path), Path(spec.output_dir), spec.training, report,
-                                spec.checkpoint_uri)
+                                spec.checkpoint_uri, compile_cache_uri=spec.compile_cache_uri)
             result = trained.to_dict() if trained else {}
         if not rank_zero:
             return result
