@@ -65,13 +65,16 @@ def retraining_decision(instance: dg.DagsterInstance, registry: ModelRegistry, r
     return request, f"{new} curated feedback examples new since {against} ({'; '.join(lines)})"
 
 
-def build_automation(feedback: FeedbackRecipe, partitions: dg.PartitionsDefinition, feedback_assets: list) -> dict:
-    """The jobs, the sensor and the schedule, for the feedback assets built from the same recipe section."""
+def build_automation(feedback: FeedbackRecipe, partitions: dg.PartitionsDefinition, feedback_assets: list,
+                     retrain_tags: dict[str, str] | None = None) -> dict:
+    """The jobs, the sensor and the schedule, for the feedback assets built from the same recipe section;
+    `retrain_tags` go on every retraining run (the deployment's GPU run limit counts them)."""
     events, examples, window = feedback_assets
     ingest = dg.define_asset_job(INGEST_JOB, selection=dg.AssetSelection.assets(events, examples), partitions_def=partitions,
                                  description="Read one day of the feedback bucket and turn it into curated examples.")
     retrain = dg.define_asset_job(
         RETRAIN_JOB, selection=dg.AssetSelection.all() - dg.AssetSelection.assets(events, examples), partitions_def=partitions,
+        tags=retrain_tags,
         description="Seeds + the feedback window ending at the run's partition (the last one) to a gated, registered model.")
 
     def last_day() -> str:

@@ -49,7 +49,6 @@ def prod_resources() -> dict:
 RESOURCES_BY_DEPLOYMENT = {"local": local_resources, "prod": prod_resources}
 
 
-
 def feedback_settings() -> FeedbackRecipe:
     """The recipe's feedback section, read when the code location loads: partitions and mappings are part of the graph."""
     return Recipe.from_yaml(resolve(os.environ.get("PIPELINE_RECIPE", "recipes/default.yaml"))).feedback
@@ -58,7 +57,7 @@ def feedback_settings() -> FeedbackRecipe:
 def feedback_graph(feedback: FeedbackRecipe) -> tuple[list, dict]:
     """The feedback assets and every trigger (jobs, sensor, schedule) built from one feedback section."""
     assets = build_feedback_assets(feedback)
-    return assets, build_automation(feedback, feedback_partitions(feedback), assets)
+    return assets, build_automation(feedback, feedback_partitions(feedback), assets, retrain_tags={GPU_RUN_TAG: "true"})
 
 
 feedback_assets, automation = feedback_graph(feedback_settings())
