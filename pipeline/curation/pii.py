@@ -59,7 +59,7 @@ _ARROW_BEFORE = re.compile(r"(?:->|=>|\u2192)\s*$")
 _ARROW_AFTER = re.compile(r"^\s*(?:->|=>|\u2192)\s*\d")
 # what makes a quad of single digits ("8.8.8.8") an address rather than a section or OID number
 _ADDRESS_BEFORE = re.compile(r"(?i)\b(?:ip|ips|ipv4|address|addr|host|server|resolver|dns|nameserver|gateway|router|ping|"
-                             r"connect|connects|connecting|peer|proxy|via|inet|route)\b[\w\s:=()-]{0,12}$")
+                             r"connect|connects|connecting|peer|proxy|via|inet|route)\b[^\n;]{0,24}$")
 
 
 def _non_identifying(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
