@@ -71,5 +71,5 @@ def test_s3_sources_are_read_through_the_bucket_resource(s3_bucket):
     s3.put_object(Bucket="raw", Key="many/b.jsonl", Body=row)
     data = DataRecipe(sources=[SourceSpec(path="s3://raw/one/alpaca.jsonl"), SourceSpec(path="s3://raw/many")])
     result = read_sources(stage_remote_sources(data, s3_bucket))
-    assert [r["origin"]["file"] for r in result.records] == ["alpaca.jsonl", "a.jsonl", "b.jsonl"]
-    assert [(q["file"], q["line"], q["reason"]) for q in result.quarantined] == [("a.jsonl", 2, "invalid_json")]
+    assert [r["origin"]["file"] for r in result.records] == ["alpaca.jsonl", "many/a.jsonl", "many/b.jsonl"]
+    assert [(q["file"], q["line"], q["reason"]) for q in result.quarantined] == [("many/a.jsonl", 2, "invalid_json")]
