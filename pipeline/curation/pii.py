@@ -149,13 +149,14 @@ _ASSIGNED = r"(?<![\w.-])(?:{key})[\"']?\s*(?::(?!:)|:=|=>|=)\s*(?P<q>[\"']?)(?P
 
 
 def _looks_secret(match: re.Match) -> bool:
-    """A named value is a secret when it is not a plain word: it has a digit, a symbol or mixed case."""
+    """A named value is a secret when it is quoted (a config value) or not a plain word: it has a digit, a symbol
+    or mixed case."""
     value = match.group("secret")
     if "(" in value or value.endswith(":"):  # code ("pem.Encode(key)") or a heading, not a value
         return False
     if value.lower() in {"true", "false", "null", "none", "required", "optional"}:
         return False
-    return bool(re.search(r"[\d\W_]", value) or (re.search(r"[a-z]", value) and re.search(r"[A-Z]", value)))
+    return bool(match.group("q") or re.search(r"[\d\W_]", value) or (re.search(r"[a-z]", value) and re.search(r"[A-Z]", value)))
 
 
 DETECTORS: list[Detector] = [

@@ -39,6 +39,11 @@ def _noise(secret: str, line: str) -> bool:
             or bool(_PLACEHOLDER.fullmatch(secret.strip("\"'")) or _DIGEST.match(secret)))
 
 
+def _in_url(secret: str, line: str) -> bool:
+    """Part of a link's path ("medium.com/@user/title-945ab749056c"): random-looking, but published, not a secret."""
+    return any(secret in token and "://" in token for token in line.split())
+
+
 def secrets_in(text: str) -> Counter:
     """Secret types detect-secrets finds, line by line (its high-entropy plugin also without quotes)."""
     from detect_secrets.plugins.high_entropy_strings import HighEntropyStringsPlugin
@@ -53,7 +58,7 @@ def secrets_in(text: str) -> Counter:
             else:
                 hits = plugin.analyze_line(filename=_AS_FILE, line=line)
             for hit in hits:
-                if hit.secret_value and not _noise(hit.secret_value, line):
+                if hit.secret_value and not _noise(hit.secret_value, line) and not _in_url(hit.secret_value, line):
                     found[hit.type] += 1
     return found
 
@@ -63,7 +68,7 @@ def phones_in(text: str) -> int:
     import phonenumbers
 
     return sum(1 for m in phonenumbers.PhoneNumberMatcher(text, "US", leniency=phonenumbers.Leniency.VALID)
-               if "+" in m.raw_string or "(" in m.raw_string or re.search(r"\d[-.]\d", m.raw_string))
+               if "+" in m.raw_string or "(" in m.raw_string or len(re.findall(r"\d[-.]\d", m.raw_string)) >= 2)
 
 
 _TOKEN_EDGES = "\"'()[]{}<>,;!?*`"
