@@ -1,5 +1,6 @@
 """The whole asset graph, in-process, on the tiny model: lineage, determinism, and the gate's fail path."""
 
+import subprocess
 from pathlib import Path
 
 import dagster as dg
@@ -7,6 +8,7 @@ import pytest
 
 from pipeline.definitions import all_assets, all_checks, finetune_job
 from resources import Bucket, BucketJsonIOManager, ModelRegistry, RecipeResource, TrainingLauncher
+from pipeline.paths import PROJECT_ROOT
 from tests.conftest import tiny_recipe
 
 DATA_ASSETS = ["seed_examples", "quarantined_examples", "deduped_examples", "train_split", "heldout_split", "base_model", "train_token_lengths"]
@@ -68,8 +70,16 @@ def test_registered_version_carries_full_lineage(two_runs):
     assert tags["recipe.fingerprint"] == recipe.fingerprint()
     assert tags["dagster.run_id"] == first.run_id
     assert tags["adapter.sha256"] == versions["sft_checkpoint"]
-    assert float(tags["eval.candidate_rouge_l"]) >= 0
-    assert tags["code.version"]
+    # the score is the mean ROUGE-L of the candidate's own answers, recomputed here from the report's answers
+    from rouge_score import rouge_scorer
+
+    rows = first.output_for_node("eval_report")["rows"]
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    rescored = [scorer.score(r["reference"], r["candidate_answer"])["rougeL"].fmeasure for r in rows]
+    assert 0 < len(rows) == first.output_for_node("eval_report")["examples"]
+    assert float(tags["eval.candidate_rouge_l"]) == pytest.approx(sum(rescored) / len(rescored), abs=1e-4)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    assert tags["code.version"].removesuffix("-dirty") == head
     assert tags["mlflow.run_id"]
 
 
