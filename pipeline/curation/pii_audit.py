@@ -1,6 +1,6 @@
 """A second opinion on scrubbed text, sharing no code with the scrubber (`pii.py`), so it can catch what it misses.
 
-Secrets: detect-secrets' own plugins (keyword-named values as in a config file, every provider key shape it knows,
+Secrets: detect-secrets' own plugins (quoted keyword-named values, every provider key shape it knows, URL passwords,
 base64 high-entropy strings) and its false-positive heuristics. Phones: Google's libphonenumber rules
 (`phonenumbers`). E-mail, card and IP: whole whitespace-separated tokens checked by validators (`ipaddress`, Luhn).
 Hex high-entropy strings and public-IP plugins are left out on purpose: hashes and UUIDs stay in the data, and an
@@ -54,11 +54,12 @@ def secrets_in(text: str) -> Counter:
             if isinstance(plugin, HighEntropyStringsPlugin):
                 with plugin.non_quoted_string_regex(is_exact_match=False):
                     hits = [s for s in plugin.analyze_line(filename=_AS_FILE, line=line)
-                            if plugin.calculate_shannon_entropy(s.secret_value) > plugin.entropy_limit]
+                            if plugin.calculate_shannon_entropy(s.secret_value) > plugin.entropy_limit
+                            and not _in_url(s.secret_value, line)]
             else:
                 hits = plugin.analyze_line(filename=_AS_FILE, line=line)
             for hit in hits:
-                if hit.secret_value and not _noise(hit.secret_value, line) and not _in_url(hit.secret_value, line):
+                if hit.secret_value and not _noise(hit.secret_value, line):
                     found[hit.type] += 1
     return found
 
