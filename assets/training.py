@@ -55,11 +55,15 @@ def _launch(context: dg.AssetExecutionContext, stage: str, spec: dict, workdir: 
     prefix = f"runs/{context.run_id}/{stage}"
     if bucket.is_remote:  # checkpoints mirrored to the store, so a retry on another machine resumes
         spec["checkpoint_uri"] = bucket.uri(f"{prefix}/checkpoints")
-    result = launcher.launch(context, spec, workdir)
+        spec["base_uri"] = bucket.uri(f"models/base/{Path(spec['base_path']).name}")  # where base_model put it
+    # with a remote store a pod (kubernetes mode) exchanges its inputs and weights under the stage's prefix
+    remote = {"remote_prefix": bucket.uri(prefix)} if bucket.is_remote else {}
+    result = launcher.launch(context, spec, workdir, **remote)
     if bucket.is_remote:
         for key in ("adapter_path", "model_path"):
-            if result[key]:
-                result[key.replace("_path", "_uri")] = bucket.upload_dir(Path(result[key]), f"{prefix}/{Path(result[key]).name}")
+            uri_key = key.replace("_path", "_uri")
+            if result[key] and not result.get(uri_key):  # a pod has already published its weights
+                result[uri_key] = bucket.upload_dir(Path(result[key]), f"{prefix}/{Path(result[key]).name}")
     return result
 
 

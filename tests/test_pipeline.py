@@ -1,4 +1,4 @@
-"""The whole asset graph, in-process, on the tiny model: lineage, determinism, and the gate's fail path."""
+"""The whole asset graph, in-process, on the tiny model: lineage, determinism, DPO and resume (the gate: test_gate.py)."""
 
 import subprocess
 from pathlib import Path
@@ -102,19 +102,6 @@ def test_second_version_is_challenger_and_champion_only_if_better(two_runs):
     assert str(registry.version_by_alias(name, "champion").version) == "1"
 
 
-def test_gate_blocks_a_candidate_that_did_not_train(tiny_model_dir, tmp_path):
-    store = tmp_path / "store"
-    recipe = tiny_recipe(tiny_model_dir, training={"max_steps": 0}, gate={"min_rouge_l_gain": 0.05})
-    result = run_graph(store, recipe, dg.DagsterInstance.ephemeral())
-    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert not checks["candidate_beats_base"].passed
-    assert "below the required" in checks["candidate_beats_base"].description
-    materialized = {m.materialization.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
-    assert "registry_entry" not in materialized
-    registry = ModelRegistry(tracking_uri=f"sqlite:///{store}/mlflow.db")
-    assert registry.version_by_alias(recipe.registry.model_name, "challenger") is None
-
-
 def test_dpo_enabled_makes_the_dpo_model_the_evaluated_and_registered_candidate(tiny_model_dir, tmp_path):
     import json
 
@@ -164,12 +151,12 @@ def _kill_training_after_first_checkpoint(workdir: Path) -> None:
 class LaunchKilledOnce(TrainingLauncher):
     """The real launcher, whose first SFT training process is killed from outside after its first complete checkpoint."""
 
-    def launch(self, context, spec, workdir):
+    def launch(self, context, spec, workdir, **kwargs):
         import threading
 
         if spec.get("stage", "sft") == "sft" and not (workdir / "killed-once").exists():
             threading.Thread(target=_kill_training_after_first_checkpoint, args=(workdir,), daemon=True).start()
-        return super().launch(context, spec, workdir)
+        return super().launch(context, spec, workdir, **kwargs)
 
 
 def test_retried_sft_asset_resumes_from_the_killed_attempts_checkpoint(tiny_model_dir, tmp_path):
