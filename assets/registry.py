@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.evaluation import log_evaluation_artifacts
 from pipeline.evaluation.report import beats_champion
 from pipeline.lineage import code_version
 from resources import ModelRegistry, RecipeResource
@@ -79,6 +80,7 @@ def registry_entry(
         version = registry.register(name, candidate["mlflow_run_id"], Path(candidate["model_path"]), tags,
                                     description=description, artifact_path="model")
     registry.set_run_tags(candidate["mlflow_run_id"], {"registered_version": version})
+    log_evaluation_artifacts(registry, candidate["mlflow_run_id"], eval_report)  # HTML report, model card, GGUF
     registry.set_alias(name, CHALLENGER, version)
     aliases = [CHALLENGER]
     if beats_champion(eval_report):
