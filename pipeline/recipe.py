@@ -229,7 +229,9 @@ class GeneralCapabilityRecipe(_Section):
 
 
 class FormatRecipe(_Section):
-    regex: str | None = Field(None, description="Every answer must fully match this regular expression (Python `re`).")
+    regex: str | None = Field(r"[^\n]{1,80}(?<!\.)", description="Every answer must fully match this regular "
+                              "expression (Python `re`); the default is Debian policy's synopsis: one line under 80 "
+                              "characters without a final period. None: no regex.")
     json_schema: dict | None = Field(None, description="Every answer must parse as JSON and validate against this schema.")
 
 
@@ -251,7 +253,7 @@ class EvaluationRecipe(_Section):
     general: GeneralCapabilityRecipe = Field(default_factory=GeneralCapabilityRecipe,
                                              description="Catastrophic-forgetting check on general English prose.")
     answer_format: FormatRecipe = Field(default_factory=FormatRecipe, description="Format every answer must follow; "
-                                        "compliance is reported per model. Neither field set: not measured.")
+                                        "compliance is reported per model. Both fields None: not measured.")
     contamination_ngram: int = Field(13, gt=1, description="Word n-gram size of the contamination report (13, as "
                                      "lm-eval's decontamination).")
     bootstrap_resamples: int = Field(1000, gt=0, description="Bootstrap resamples behind each confidence interval.")
