@@ -8,7 +8,7 @@ from pipeline.recipe import FormatRecipe
 
 
 def test_no_format_in_the_recipe_means_not_measured():
-    assert format_compliance(["anything"], FormatRecipe()) is None
+    assert format_compliance(["anything"], FormatRecipe(regex=None)) is None
 
 
 def test_regex_format_must_match_the_whole_answer():
