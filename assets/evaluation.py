@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.gate import report_version
 from assets.metadata import table
 from pipeline.curation.records import dataset_version
 from pipeline.curation.split import overlap
@@ -167,7 +168,7 @@ def eval_report(
     }
     if "champion" in models:
         metadata["rouge_l_gain_vs_champion"] = report["rouge_l_gain_vs_champion"]
-    return dg.Output(report, metadata=metadata)
+    return dg.Output(report, metadata=metadata, data_version=dg.DataVersion(report_version(report)))
 
 
 @dg.asset_check(asset=eval_report, blocking=True, description="The candidate beats the base by the recipe's margin "

@@ -7,6 +7,8 @@ from pathlib import Path
 import dagster as dg
 
 from assets.evaluation import log_evaluation_artifacts
+from assets.gate import gate_decision
+from pipeline.evaluation.gate import PromotionRefused
 from pipeline.evaluation.report import beats_champion
 from pipeline.lineage import code_version
 from resources import ModelRegistry, RecipeResource
@@ -28,7 +30,8 @@ def _latest_data_version(context: dg.AssetExecutionContext, asset: str) -> str:
     description="A new MLflow model version of the adapter (with the merged model next to it) or of the full "
     "fine-tuned model, with its tokenizer and lineage tags: base and hash, "
     "data versions, recipe, code version, Dagster run, eval scores. Alias `challenger` always; `champion` when it "
-    "beats the current champion on the same held-out examples. Runs only when the blocking gate checks pass.",
+    "beats the current champion on the same held-out examples. Refuses, in any run, a candidate whose blocking "
+    "eval_report checks did not all pass on the very eval_report it is handed.",
 )
 def registry_entry(
     context: dg.AssetExecutionContext,
@@ -39,9 +42,16 @@ def registry_entry(
     registry: ModelRegistry,
 ) -> dg.Output[dict]:
     settings = recipe.load()
+    decision = gate_decision(context, eval_report)
+    try:
+        decision.refuse_unless_passed("registration")
+    except PromotionRefused as refusal:
+        raise dg.Failure(str(refusal), metadata={"failed_checks": dg.MetadataValue.md(
+            "\n".join(f"- {f}" for f in decision.failures))}) from None
     candidate = dpo_checkpoint  # the final candidate: the DPO model, or the SFT model when DPO is off
     models = eval_report["models"]
     tags = {
+        **decision.tags(),
         "base_model.name": base_model["name"],
         "base_model.source": base_model["source"],
         "base_model.source_sha256": base_model["source_sha256"],
@@ -81,10 +91,14 @@ def registry_entry(
                                     description=description, artifact_path="model")
     registry.set_run_tags(candidate["mlflow_run_id"], {"registered_version": version})
     log_evaluation_artifacts(registry, candidate["mlflow_run_id"], eval_report)  # HTML report, model card, GGUF
-    registry.set_alias(name, CHALLENGER, version)
+    actor = f"dagster run {context.run_id}"
+    evidence = {"eval_report": decision.eval_report_version, "rouge_l_gain_vs_base": eval_report["rouge_l_gain_vs_base"]}
+    registry.move_alias(name, CHALLENGER, version, actor=actor, reason="passed the evaluation gate", evidence=evidence)
     aliases = [CHALLENGER]
     if beats_champion(eval_report):
-        registry.set_alias(name, CHAMPION, version)
+        why = "first model" if "champion" not in models else "beats the champion on the same held-out examples"
+        registry.move_alias(name, CHAMPION, version, actor=actor, reason=why,
+                            evidence={**evidence, "rouge_l_gain_vs_champion": eval_report.get("rouge_l_gain_vs_champion")})
         aliases.append(CHAMPION)
     context.log.info(f"registered {name} v{version} with aliases {aliases}")
     metadata = {

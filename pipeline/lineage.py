@@ -21,7 +21,7 @@ def code_version() -> str:
 LINEAGE_ORDER = [
     "base_model.name", "base_model.source", "base_model.source_sha256", "base_model.sha256",
     "data.seed_examples", "data.quarantined_examples", "data.deduped_examples", "data.train_split", "data.heldout_split", "data.sources",
-    "recipe.name", "recipe.fingerprint", "code.version",
+    "recipe.name", "recipe.fingerprint", "code.version", "gate.passed", "gate.checks", "gate.eval_report_version",
     "dagster.run_id", "dagster.job", "mlflow.run_id",
     "eval.base_rouge_l", "eval.candidate_rouge_l", "eval.rouge_l_gain", "eval.base_loss", "eval.candidate_loss", "eval.win_rate_vs_base",
 ]

@@ -1,15 +1,24 @@
 """MLflow tracking and model registry: SQLite and a local artifact folder by default, any MLflow server in production."""
 
 
+import json
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
+from pipeline.evaluation.gate import refuse_unless_gated
 from pipeline.paths import resolve
 from pydantic import PrivateAttr
 
-CHALLENGER, CHAMPION = "challenger", "champion"
+CHALLENGER, CHAMPION, CANARY = "challenger", "champion", "canary"
+MOVE_TAG_PREFIX = "alias_move."  # one version tag per alias move: alias_move.<UTC time>.<alias>
+
+
+def _missing(error: Exception) -> bool:
+    """MLflow's way of saying 'no such model or alias'; anything else (a server down, bad credentials) is real."""
+    return getattr(error, "error_code", None) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
 class ModelRegistry(dg.ConfigurableResource):
@@ -77,13 +86,50 @@ class ModelRegistry(dg.ConfigurableResource):
         return str(version.version)
 
     def version_by_alias(self, model_name: str, alias: str):
+        """The version holding `alias`, or None when the model or the alias does not exist."""
+        from mlflow.exceptions import MlflowException
+
         try:
             return self.client().get_model_version_by_alias(model_name, alias)
-        except Exception:  # no such model or alias
-            return None
+        except MlflowException as error:
+            if _missing(error):
+                return None
+            raise
 
-    def set_alias(self, model_name: str, alias: str, version: str) -> None:
+    def move_alias(self, model_name: str, alias: str, version: str, *, actor: str, reason: str,
+                   evidence: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Point `alias` at `version`, refusing a version whose evaluation gate did not pass; the move (who, why,
+        evidence, time, the version it replaced) is recorded as a tag on the version. Returns the record."""
+        refuse_unless_gated(model_name, version, self.version_tags(model_name, version), f"moving '{alias}'")
+        previous = self.version_by_alias(model_name, alias)
         self.client().set_registered_model_alias(model_name, alias, version)
+        return self._record_move(model_name, version, alias, "set", actor, reason, evidence,
+                                 previous=str(previous.version) if previous else None)
+
+    def remove_alias(self, model_name: str, alias: str, *, actor: str, reason: str,
+                     evidence: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Take `alias` off whichever version holds it, recording why on that version; None if nobody held it."""
+        holder = self.version_by_alias(model_name, alias)
+        if holder is None:
+            return None
+        self.client().delete_registered_model_alias(model_name, alias)
+        return self._record_move(model_name, str(holder.version), alias, "removed", actor, reason, evidence, previous=None)
+
+    def _record_move(self, model_name: str, version: str, alias: str, action: str, actor: str, reason: str,
+                     evidence: dict[str, Any] | None, previous: str | None) -> dict[str, Any]:
+        at = datetime.now(timezone.utc)
+        record = {"alias": alias, "action": action, "version": version, "previous": previous, "by": actor,
+                  "reason": reason, "evidence": evidence or {}, "at": at.isoformat(timespec="milliseconds")}
+        key = f"{MOVE_TAG_PREFIX}{at.strftime('%Y%m%dT%H%M%S%fZ')}.{alias}"
+        self.client().set_model_version_tag(model_name, version, key, json.dumps(record, sort_keys=True))
+        return record
+
+    def alias_history(self, model_name: str) -> list[dict[str, Any]]:
+        """Every recorded alias move of the model, oldest first."""
+        moves = []
+        for version in self.client().search_model_versions(f"name='{model_name}'"):
+            moves += [json.loads(v) for k, v in version.tags.items() if k.startswith(MOVE_TAG_PREFIX)]
+        return sorted(moves, key=lambda m: m["at"])
 
     def download_adapter(self, model_version) -> Path:
         import mlflow
