@@ -20,15 +20,20 @@ def sample_records(limit: int) -> list[dict]:
     rows = []
     for i, line in enumerate((PROJECT_ROOT / "data/sample/chatml.jsonl").read_text().splitlines()):
         try:
-            rows.append({"id": f"r{i}", "messages": json.loads(line)["messages"]})
+            raw = json.loads(line)
+            messages = raw["messages"]
         except (ValueError, KeyError, TypeError):
             continue
+        if isinstance(messages, list) and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
+            rows.append({"id": f"r{i}", "group": str(raw.get("source", i)), "messages": messages})  # malformed lines left out
     return rows[:limit]
 
 
 def test_planted_leak_of_heldout_examples_fails_the_contamination_check():
-    records = sample_records(120)
-    heldout, train = records[:20], records[20:]
+    records = sample_records(160)
+    held_groups = sorted({r["group"] for r in records})[:20]  # whole families held out, as the split does
+    heldout = [r for r in records if r["group"] in held_groups][:20]
+    train = [r for r in records if r["group"] not in held_groups]
     texts = lambda rs: [(r["id"], contamination.record_text(r)) for r in rs]  # noqa: E731
     clean = contamination.overlap_report({"heldout": texts(heldout)},
                                          contamination.training_ngrams([t for _, t in texts(train)], 13), 13, 0.5)
@@ -39,7 +44,7 @@ def test_planted_leak_of_heldout_examples_fails_the_contamination_check():
     assert report["sets"]["heldout"]["contaminated"] == 3
     assert {w["id"] for w in report["sets"]["heldout"]["worst"][:3]} == {r["id"] for r in heldout[:3]}
     (reason,) = contamination.contamination_failures(report)
-    assert reason.startswith("3 of 20 heldout examples share more than 50%")
+    assert reason.startswith(f"3 of {len(heldout)} heldout examples share more than 50%")
 
 
 def test_every_gate_check_is_blocking():
