@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipeline.evaluation.report_html import headline_rows, markdown_summary
+from pipeline.evaluation.report_html import markdown_summary
 
 
 def model_card(report: dict[str, Any], recipe: dict[str, Any], base: dict[str, Any], candidate: dict[str, Any],
@@ -65,7 +65,4 @@ def known_limits(report: dict[str, Any], recipe: dict[str, Any]) -> list[str]:
     if quantized.get("drop"):
         limits.append(f"The {quantized['quant_type']} GGUF scores ROUGE-L {quantized['drop']['rouge_l']:+.4f} against "
                       "the unquantized model on the held-out set.")
-    for row in headline_rows(report):
-        if row["model"] == "candidate" and "general_byte_ppl" in row:
-            limits.append(f"General-prose byte perplexity of the candidate: {row['general_byte_ppl']}.")
     return limits
