@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.evaluation.report_html import html_report, markdown_summary
+from pipeline.evaluation.report_html import headline_rows, html_report, markdown_summary
 from pipeline.evaluation.slices import bootstrap_ci, format_compliance, slice_table
 from pipeline.recipe import FormatRecipe
 
@@ -57,8 +57,12 @@ def test_summary_and_html_show_the_gate_reason_and_escape_answers():
     report = {"examples": 1, "confidence": 0.95, "models": {"base": {"loss": 2.0, "perplexity": 7.4, "rouge_l": 0.1},
                                                             "candidate": {"loss": 1.5, "perplexity": 4.5, "rouge_l": 0.3}},
               "intervals": {"candidate_rouge_l": (0.2, 0.4)}, "gate": {"no_eval_contamination": ["1 of 1 heldout leaked"]},
-              "table": [{"id": "x", "candidate_answer": "<script>alert(1)</script>"}]}
+              "table": [{"id": "x", "candidate_answer": "<script>alert(1)</script>"}],
+              "judge": {"base": {"judge": "reference:rouge_l", "win_rate": 0.6, "order_agreement": 0.8, "wins": 1, "ties": 0,
+                                 "losses": 0, "win_rate_candidate_first_only": 0.6, "invalid_verdicts": 0, "rows": []}}}
     summary = markdown_summary(report)
     assert "blocked" in summary and "1 of 1 heldout leaked" in summary and "0.3000 [0.200, 0.400]" in summary
+    rows = headline_rows(report)  # one set of columns for every model, as Dagster's table metadata needs
+    assert len({tuple(r) for r in rows}) == 1 and rows[1]["candidate_win_rate_vs_this"] is None
     page = html_report(report, "t")
     assert "<script>alert" not in page and "&lt;script&gt;" in page

@@ -33,7 +33,8 @@ def headline_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         q = quantized["scores"]
         rows.append({"model": f"candidate {quantized['quant_type']} GGUF", "rouge_l": f"{q['rouge_l']:.4f}",
                      "loss": q["loss"], "perplexity": q["perplexity"]})
-    return rows
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    return [{k: r.get(k) for k in keys} for r in rows]  # one set of columns, for table metadata
 
 
 def _md_table(rows: list[dict[str, Any]]) -> str:
@@ -41,7 +42,8 @@ def _md_table(rows: list[dict[str, Any]]) -> str:
         return ""
     keys = list(dict.fromkeys(k for r in rows for k in r))
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(r.get(k, "")).replace("|", "\\|").replace("\n", " ") for k in keys) + " |" for r in rows]
+    cell = lambda v: "" if v is None else str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines += ["| " + " | ".join(cell(r.get(k)) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -74,7 +76,8 @@ def _html_table(rows: list[dict[str, Any]]) -> str:
         return "<p>(none)</p>"
     keys = list(dict.fromkeys(k for r in rows for k in r))
     head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(k, '')))}</td>" for k in keys) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape('' if r.get(k) is None else str(r[k]))}</td>" for k in keys) + "</tr>"
+                   for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
