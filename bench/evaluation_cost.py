@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--model", required=True, type=Path)
     parser.add_argument("--heldout", type=int, default=80, help="held-out examples scored for the GGUF's drop")
     parser.add_argument("--recipe", default="recipes/default.yaml")
+    parser.add_argument("--skip-general", action="store_true", help="leave out the lm-eval tasks (timed apart)")
     args = parser.parse_args()
     recipe = Recipe.from_yaml(args.recipe)
     ev = recipe.evaluation
@@ -56,9 +57,10 @@ def main() -> None:
         paths = general.write_items(items, work / "general")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-    with timed("lm_eval_one_model", results):
-        results["general_scores"] = {k: v for k, v in general.run_tasks(model, tokenizer, paths, ev.general.batch_size).items()
-                                     if not k.startswith("per_doc")}
+    if not args.skip_general:
+        with timed("lm_eval_one_model", results):
+            scores = general.run_tasks(model, tokenizer, paths, ev.general.batch_size)
+        results["general_scores"] = {k: v for k, v in scores.items() if not k.startswith("per_doc")}
     with timed("contamination_report", results):
         grams = contamination.training_ngrams([contamination.record_text(r) for r in train], ev.contamination_ngram)
         sets = {"heldout": [(r["id"], contamination.record_text(r)) for r in heldout],
