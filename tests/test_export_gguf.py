@@ -13,7 +13,8 @@ def _logits(model, tokenizer, text: str):
         return model(input_ids=ids).logits[0], ids
 
 
-@pytest.mark.parametrize("quant_type, tolerance", [("F32", 1e-4), ("Q8_0", 0.1)])
+# F32 checks the layout (names, Q/K permutation) exactly; Q8_0 that quantized blocks load back within their noise.
+@pytest.mark.parametrize("quant_type, tolerance", [("F32", 1e-4), ("Q8_0", 0.02)])
 def test_gguf_loads_back_with_the_same_tokens_and_close_logits(tiny_model_dir, tmp_path, quant_type, tolerance):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
