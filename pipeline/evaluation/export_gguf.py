@@ -51,7 +51,8 @@ def export_gguf(model_dir: Path, target: Path, quant_type: str = "Q8_0", tokeniz
         raise ValueError(f"quant_type {quant_type!r}; expected one of {sorted(QUANT_TYPES)}")
     config = AutoConfig.from_pretrained(model_dir)
     if config.model_type != "llama":
-        raise ValueError(f"GGUF export supports Llama-architecture models; {model_dir} is {config.model_type}")
+        raise ValueError(f"GGUF export supports Llama-architecture models; {model_dir} is {config.model_type} "
+                         "(set evaluation.quantized.enabled: false for this base)")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
