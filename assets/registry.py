@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.evaluation import log_evaluation_artifacts
 from assets.gate import gate_decision
 from pipeline.evaluation.gate import PromotionRefused
 from pipeline.evaluation.report import beats_champion
@@ -87,6 +88,7 @@ def registry_entry(
         version = registry.register(name, candidate["mlflow_run_id"], Path(candidate["model_path"]), tags,
                                     description=description, artifact_path="model")
     registry.set_run_tags(candidate["mlflow_run_id"], {"registered_version": version})
+    log_evaluation_artifacts(registry, candidate["mlflow_run_id"], eval_report)  # HTML report, model card, GGUF
     actor = f"dagster run {context.run_id}"
     evidence = {"eval_report": decision.eval_report_version, "rouge_l_gain_vs_base": eval_report["rouge_l_gain_vs_base"]}
     registry.move_alias(name, CHALLENGER, version, actor=actor, reason="passed the evaluation gate", evidence=evidence)

@@ -45,6 +45,11 @@ def demo(args: argparse.Namespace) -> int:
               f"answer loss {models['base']['loss']:.3f} -> {models['candidate']['loss']:.3f}")
         for failure in report.get("failures", []):
             print(f"gate failed: {failure}")
+        if "gate" in report:  # the fuller evaluation: base, champion and candidate side by side, every gate reason
+            from pipeline.evaluation.report_html import markdown_summary
+
+            print(markdown_summary(report))
+            print(f"HTML report and model card: {report.get('artifacts_dir')}")
     entry = Path(store_root()) / "assets" / "registry_entry.json"
     if code == 0 and entry.exists():
         e = json.loads(entry.read_text())

@@ -217,15 +217,80 @@ class DpoRecipe(_Section):
     logging_steps: int = Field(5, gt=0, description="Report metrics every this many steps.")
 
 
+class JudgeRecipe(_Section):
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint of the pairwise LLM judge (e.g. "
+                                 "`http://127.0.0.1:8000/v1`). None: the reference judge (higher ROUGE-L against the "
+                                 "reference answer wins, equal is a tie).")
+    model: str = Field("judge", description="Model name sent to the judge endpoint.")
+    api_key_env: str = Field("JUDGE_API_KEY", description="Environment variable holding the judge's API key (the "
+                             "key itself never goes in the recipe); unset sends a placeholder, as local servers need none.")
+    max_tokens: int = Field(128, gt=0, description="Tokens the judge may write per verdict (verdict line + rationale).")
+    timeout_s: float = Field(60.0, gt=0, description="Seconds one judge request may take before it is retried.")
+    max_examples: int = Field(40, gt=0, description="Held-out examples judged per pair of models (each in both orders).")
+
+
+class GeneralCapabilityRecipe(_Section):
+    enabled: bool = Field(True, description="Run the general-capability regression (lm-evaluation-harness tasks in "
+                          "pipeline/evaluation/tasks/) on base and candidate.")
+    prose: Literal["python_reference", "common_licenses"] = Field(
+        "python_reference", description="Real English prose the tasks are built from, none of it Debian package "
+        "text: the Python language reference that ships with Python (`pydoc_data.topics`), or the license texts "
+        "every Debian system ships (/usr/share/common-licenses).")
+    cloze_docs: int = Field(40, gt=0, description="Last-word multiple-choice items (1 true word, 3 distractors).")
+    perplexity_docs: int = Field(12, gt=0, description="Prose passages scored for word perplexity.")
+    passage_words: int = Field(100, gt=10, description="Words per perplexity passage.")
+    batch_size: int = Field(8, gt=0, description="Requests per forward pass inside lm-eval.")
+    seed: int = Field(13, description="Seed of the passage sampling and the distractors.")
+
+
+class FormatRecipe(_Section):
+    regex: str | None = Field(r"[^\n]{1,80}(?<!\.)", description="Every answer must fully match this regular "
+                              "expression (Python `re`); the default is Debian policy's synopsis: one line under 80 "
+                              "characters without a final period. None: no regex.")
+    json_schema: dict | None = Field(None, description="Every answer must parse as JSON and validate against this schema.")
+
+
+class QuantizedExportRecipe(_Section):
+    enabled: bool = Field(True, description="Write the merged candidate as GGUF (llama.cpp, Ollama) and measure its "
+                          "quality drop on the held-out set.")
+    quant_type: Literal["Q8_0", "F16", "F32"] = Field(
+        "Q8_0", description="GGUF tensor type of the 2-D weights (norms stay F32); Q8_0 is the smallest type the "
+        "gguf package quantizes exactly and transformers dequantizes.")
+    tokenizer_pre: str = Field("smollm", description="llama.cpp pre-tokenizer name written to the GGUF "
+                               "(`tokenizer.ggml.pre`); must match the base's tokenizer family.")
+
+
 class EvaluationRecipe(_Section):
     max_examples: int = Field(80, gt=0, description="Held-out examples scored per model.")
     max_new_tokens: int = Field(32, gt=0, description="Greedy decoding budget per answer.")
     batch_size: int = Field(16, gt=0, description="Examples per forward pass during evaluation.")
+    judge: JudgeRecipe = Field(default_factory=JudgeRecipe, description="Pairwise judge of candidate vs base and champion.")
+    general: GeneralCapabilityRecipe = Field(default_factory=GeneralCapabilityRecipe,
+                                             description="Catastrophic-forgetting check on general English prose.")
+    answer_format: FormatRecipe = Field(default_factory=FormatRecipe, description="Format every answer must follow; "
+                                        "compliance is reported per model. Both fields None: not measured.")
+    contamination_ngram: int = Field(13, gt=1, description="Word n-gram size of the contamination report (13, as "
+                                     "lm-eval's decontamination).")
+    bootstrap_resamples: int = Field(1000, gt=0, description="Bootstrap resamples behind each confidence interval.")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the intervals.")
+    quantized: QuantizedExportRecipe = Field(default_factory=QuantizedExportRecipe)
 
 
 class GateRecipe(_Section):
     min_rouge_l_gain: float = Field(0.05, description="The candidate must beat the base's held-out ROUGE-L by at least this much.")
     max_loss_ratio: float = Field(1.0, gt=0, description="The candidate's held-out loss may be at most this multiple of the base's.")
+    min_win_rate_vs_base: float = Field(0.5, ge=0, le=1, description="Judge win rate against the base the candidate "
+                                        "needs (both orders, ties count half).")
+    min_win_rate_vs_champion: float = Field(0.5, ge=0, le=1, description="Judge win rate against the champion the "
+                                            "candidate needs: 0.5 means beats or ties.")
+    max_general_accuracy_drop: float = Field(0.10, ge=0, le=1, description="General-capability cloze accuracy may "
+                                             "fall at most this much below the base's (0.10 of 40 items: 4 flips, "
+                                             "above the noise of a few).")
+    max_general_perplexity_ratio: float = Field(1.10, gt=0, description="Byte perplexity on general prose (tokenizer-"
+                                                "independent) may be at most this multiple of the base's.")
+    max_contamination_overlap: float = Field(0.5, ge=0, le=1, description="An eval example whose n-grams are more than "
+                                             "this share found in the training data counts as contaminated; any "
+                                             "contaminated example fails the gate.")
 
 
 class RegistryRecipe(_Section):

@@ -59,8 +59,10 @@ def tiny_recipe(model_dir: Path, **overrides) -> Recipe:
     base = {
         "base_model": {"path": str(model_dir), "name": "tiny-llama"},
         "training": {"max_steps": 3, "batch_size": 4, "max_length": 256, "learning_rate": 0.005, "logging_steps": 1},
-        "evaluation": {"max_examples": 12, "max_new_tokens": 6, "batch_size": 12},
-        "gate": {"min_rouge_l_gain": -1.0, "max_loss_ratio": 100.0},
+        "evaluation": {"max_examples": 12, "max_new_tokens": 6, "batch_size": 12, "bootstrap_resamples": 200,
+                       "general": {"cloze_docs": 8, "perplexity_docs": 4, "passage_words": 40}},
+        "gate": {"min_rouge_l_gain": -1.0, "max_loss_ratio": 100.0, "min_win_rate_vs_base": 0.0,
+                 "max_general_accuracy_drop": 1.0, "max_general_perplexity_ratio": 100.0},
         "registry": {"model_name": "tiny-summarizer"},
     }
     for section, values in overrides.items():

@@ -52,10 +52,13 @@ def two_runs(tiny_model_dir, tmp_path_factory):
 def test_whole_graph_materializes_and_passes_its_checks(two_runs):
     _, _, first, _ = two_runs
     assert first.success
-    assert set(data_versions(first)) == set(DATA_ASSETS) | {"sft_checkpoint", "dpo_checkpoint", "eval_report", "registry_entry"}
+    assert set(data_versions(first)) == set(DATA_ASSETS) | {"sft_checkpoint", "dpo_checkpoint", "quantized_model",
+                                                            "eval_report", "registry_entry"}
     checks = {e.check_name: e.passed for e in first.get_asset_check_evaluations()}
     assert checks == {"candidate_beats_base": True, "no_train_heldout_overlap": True,
-                      "no_heldout_near_duplicate_in_train": True, "no_pii_or_secrets_left": True}
+                      "no_heldout_near_duplicate_in_train": True, "no_pii_or_secrets_left": True,
+                      "candidate_ties_or_beats_champion": True, "no_general_capability_regression": True,
+                      "no_eval_contamination": True}
 
 
 def test_registered_version_carries_full_lineage(two_runs):

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.curation.records import Record
+from pipeline.evaluation.analysis import analyse
 from pipeline.evaluation.scoring import ModelScores, comparison_rows, score_model
 from pipeline.recipe import EvaluationRecipe, GateRecipe
 
@@ -23,9 +24,10 @@ def is_adapter(path: Path) -> bool:
 
 
 def evaluate(base_path: Path, candidate_path: Path, heldout: list[Record], recipe: EvaluationRecipe,
-             champion_path: Path | None = None) -> dict[str, Any]:
+             champion_path: Path | None = None, general_paths: dict[str, Path] | None = None) -> dict[str, Any]:
     """Score base, candidate and, when given, the champion on the same examples. Candidate and champion are each
-    an adapter (scored over the one base, whose own score comes with adapters disabled) or a full model."""
+    an adapter (scored over the one base, whose own score comes with adapters disabled) or a full model. With
+    `general_paths` (built lm-eval task data), base and candidate also run the general-capability tasks."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -36,6 +38,13 @@ def evaluate(base_path: Path, candidate_path: Path, heldout: list[Record], recip
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     args = (tokenizer, examples, recipe.batch_size, recipe.max_new_tokens)
+    general: dict[str, Any] = {}
+
+    def run_general(name: str, model) -> None:
+        if general_paths:
+            from pipeline.evaluation.general import run_tasks
+
+            general[name] = run_tasks(model, tokenizer, general_paths, recipe.general.batch_size)
 
     def load(path: Path):
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -52,19 +61,23 @@ def evaluate(base_path: Path, candidate_path: Path, heldout: list[Record], recip
     if isinstance(model, PeftModel):
         with model.disable_adapter():  # the base itself, without a second copy of its weights
             base_scores = score_model("base", model, *args)
+            run_general("base", model)
     else:
         base_scores = score_model("base", model, *args)
+        run_general("base", model)
 
     def score(name: str, path: Path):
         if name in adapters:
             model.set_adapter(name)
-            return score_model(name, model, *args)
-        return score_model(name, load(path), *args)  # a full model: its own weights
+            return score_model(name, model, *args), model
+        full = load(path)  # a full model: its own weights
+        return score_model(name, full, *args), full
 
-    candidate = score("candidate", candidate_path)
+    candidate, candidate_model = score("candidate", candidate_path)
+    run_general("candidate", candidate_model)
     scores = [base_scores, candidate]
     if champion_path is not None:
-        scores.append(score("champion", champion_path))
+        scores.append(score("champion", champion_path)[0])
 
     report: dict[str, Any] = {
         "examples": len(examples),
@@ -77,6 +90,9 @@ def evaluate(base_path: Path, candidate_path: Path, heldout: list[Record], recip
     if champion_path is not None:
         report["rouge_l_gain_vs_champion"] = round(candidate.rouge_l - scores[2].rouge_l, 4)
         report["win_rate_vs_champion"] = round(win_rate(candidate, scores[2]), 4)
+    report.update(analyse(examples, scores, recipe))
+    if general:
+        report["general"] = general
     return report
 
 
@@ -90,7 +106,38 @@ def gate_failures(report: dict[str, Any], gate: GateRecipe) -> list[str]:
     ratio = report["loss_ratio_vs_base"]
     if ratio is not None and ratio > gate.max_loss_ratio:
         failures.append(f"held-out loss is {ratio:.3f}x the base's, above the allowed {gate.max_loss_ratio:.3f}x")
+    judged = report.get("judge", {}).get("base")
+    if judged and judged["win_rate"] < gate.min_win_rate_vs_base:
+        failures.append(f"judge ({judged['judge']}) win rate against the base {judged['win_rate']:.3f} over both orders "
+                        f"is below the required {gate.min_win_rate_vs_base:.3f}")
     return failures
+
+
+def champion_failures(report: dict[str, Any], gate: GateRecipe) -> list[str]:
+    """The candidate must beat or tie the champion on the judge; empty when there is no champion."""
+    judged = report.get("judge", {}).get("champion")
+    if judged and judged["win_rate"] < gate.min_win_rate_vs_champion:
+        return [f"judge ({judged['judge']}) win rate against the champion {judged['win_rate']:.3f} over both orders "
+                f"({judged['wins']} wins, {judged['ties']} ties or split, {judged['losses']} losses) is below the "
+                f"required {gate.min_win_rate_vs_champion:.3f}"]
+    return []
+
+
+def quantized_drop(model, tokenizer, heldout: list[Record], recipe: EvaluationRecipe, report: dict[str, Any]) -> dict[str, Any]:
+    """Score the quantized model on the same held-out examples; its drop against the unquantized candidate."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    scores = score_model("quantized", model, tokenizer, heldout[: recipe.max_examples], recipe.batch_size,
+                         recipe.max_new_tokens)
+    unquantized = report["models"]["candidate"]
+    return {"scores": scores.summary(),
+            "drop": {"rouge_l": round(scores.rouge_l - unquantized["rouge_l"], 4),
+                     "loss_ratio": round(scores.loss / unquantized["loss"], 4) if unquantized["loss"] else None,
+                     "same_answers": sum(a == b for a, b in zip(scores.answers, report_answers(report)))}}
+
+
+def report_answers(report: dict[str, Any]) -> list[str]:
+    return [row["candidate_answer"] for row in report["table"]]
 
 
 def beats_champion(report: dict[str, Any]) -> bool:
