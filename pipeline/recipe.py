@@ -269,6 +269,8 @@ class ServingRecipe(_Section):
     default_max_tokens: int = Field(64, gt=0, description="max_tokens when a request does not say.")
     recent_interactions: int = Field(10_000, gt=0, description="Interactions remembered for comparisons posted to "
                                      "/v1/feedback.")
+    torch_threads: int = Field(0, ge=0, description="CPU threads for generation; 0 leaves torch's default. On a "
+                               "busy shared machine 1 avoids threads spinning against each other.")
     canary: CanaryRecipe = Field(default_factory=CanaryRecipe)
     deployment: DeploymentRecipe = Field(default_factory=DeploymentRecipe)
 

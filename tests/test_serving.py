@@ -42,7 +42,7 @@ def live(tiny_model_dir, adapters, tmp_path_factory):
     registry.move_alias(NAME, "canary", versions[1], actor="test", reason="candidate")
     bucket = Bucket(root=str(store / "bucket"))
     settings = ServingRecipe(canary_share=0.3, flush_events=50, flush_seconds=0.5, max_input_chars=2000,
-                             max_body_bytes=20_000, max_new_tokens=16, default_max_tokens=4)
+                             max_body_bytes=20_000, max_new_tokens=16, default_max_tokens=4, torch_threads=1)
     server = build_server(tiny_model_dir, settings, NAME, RegistrySource(registry, NAME), bucket.write_bytes, token=TOKEN)
     with running(build_app(server), free_port()) as url:
         session = requests.Session()
@@ -224,7 +224,7 @@ def test_the_contract_schema_rejects_what_the_contract_forbids():
 def test_an_alias_move_is_swapped_in_while_requests_keep_flowing(tiny_model_dir, adapters, tmp_path):
     registry, versions = gated_registry(tmp_path, NAME, adapters)
     registry.move_alias(NAME, "champion", versions[0], actor="test", reason="first")
-    settings = ServingRecipe(canary_share=0.0, poll_seconds=0.2, flush_seconds=0.5, default_max_tokens=2)
+    settings = ServingRecipe(canary_share=0.0, poll_seconds=0.2, flush_seconds=0.5, default_max_tokens=2, torch_threads=1)
     bucket = Bucket(root=str(tmp_path / "bucket"))
     server = build_server(tiny_model_dir, settings, NAME, RegistrySource(registry, NAME), bucket.write_bytes)
     seen, failures, stop = Counter(), [], threading.Event()

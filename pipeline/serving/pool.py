@@ -48,10 +48,12 @@ class Generated:
 
 
 class ModelPool:
-    def __init__(self, base_path: Path, dtype: str = "float32"):
+    def __init__(self, base_path: Path, dtype: str = "float32", threads: int = 0):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
+        if threads:
+            torch.set_num_threads(threads)
         self._torch = torch
         self.dtype = getattr(torch, dtype)
         self.base_path = Path(base_path)

@@ -24,7 +24,7 @@ def build_server(base_path: Path, settings: ServingRecipe, model_name: str, sour
     if "champion" not in live:
         raise RuntimeError(f"the registry has no `champion` version of {model_name}: nothing to serve yet "
                            "(materialize registry_entry, or `python -m pipeline promote VERSION`)")
-    pool = pool or ModelPool(base_path)
+    pool = pool or ModelPool(base_path, threads=settings.torch_threads)
     pool.sync({alias: source.fetch(version) for alias, version in live.items()})
     writer = FeedbackWriter(write, settings.flush_events, settings.flush_seconds, settings.max_buffered_events)
     server = Server(pool, settings, model_name, writer, token=token)
