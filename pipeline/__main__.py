@@ -1,8 +1,12 @@
-"""Command line: `python -m pipeline demo | ui | lineage`.
+"""Command line: `python -m pipeline demo | ui | lineage | serve | promote | rollback | status`.
 
     demo      materialize the whole asset graph on the embedded default and print the eval numbers
     ui        start the Dagster UI (dagster dev) on this project
     lineage   print what made a registered model version (by alias or number)
+    serve     serve champion and canary over an OpenAI-compatible HTTP API (pipeline/oncall.py)
+    promote   point champion or canary at a gated version
+    rollback  remove the canary, or restore the previous champion
+    status    live versions, traffic share, live feedback and the canary decision now
 """
 
 from __future__ import annotations
@@ -66,6 +70,12 @@ def lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def serving_commands(sub) -> None:
+    from pipeline.oncall import add_commands
+
+    add_commands(sub)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--alias", help="champion, challenger or canary")
     group.add_argument("--version", help="version number")
     p.set_defaults(func=lineage, alias=None)
+    serving_commands(sub)
     args = parser.parse_args(argv)
     if args.command == "lineage" and not args.alias and not args.version:
         args.alias = "champion"

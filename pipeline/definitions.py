@@ -10,11 +10,12 @@ import os
 
 import dagster as dg
 
-from assets import curation, evaluation, model, registry, sources, split, training
+from assets import curation, deployment, evaluation, model, registry, sources, split, training
+from assets.canary import canary_decision_sensor
 from pipeline.paths import store_root
 from resources import Bucket, BucketJsonIOManager, ModelRegistry, RecipeResource, TrainingLauncher
 
-STAGE_MODULES = [sources, curation, split, model, training, evaluation, registry]
+STAGE_MODULES = [sources, curation, split, model, training, evaluation, registry, deployment]
 
 
 def local_resources() -> dict:
@@ -62,6 +63,7 @@ def build_definitions(deployment: str | None = None) -> dg.Definitions:
         assets=all_assets,
         asset_checks=all_checks,
         jobs=[finetune_job],
+        sensors=[canary_decision_sensor],
         resources=RESOURCES_BY_DEPLOYMENT[deployment](),
     )
 

@@ -69,6 +69,25 @@ class Bucket(dg.ConfigurableResource):
             return self._s3().list_objects_v2(Bucket=bucket, Prefix=path, MaxKeys=1).get("KeyCount", 0) > 0
         return self.local_path(key).exists()
 
+    def list_objects(self, prefix: str) -> list[tuple[str, str]]:
+        """(key, tag) of every object under `prefix`, keys relative to the root; the tag is the S3 ETag, or the
+        modification time and size of a local file, so a rewritten object reads as changed."""
+        if self.is_remote:
+            bucket, path = self._split(prefix)
+            root = path[: len(path) - len(prefix)]
+            pages = self._s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=path)
+            return [(o["Key"][len(root):], o["ETag"].strip('"')) for page in pages for o in page.get("Contents", [])]
+        base = resolve(self.root)
+        folder = base / prefix
+        if not folder.exists():
+            return []
+        found = []
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and not path.name.endswith(".tmp"):
+                stat = path.stat()
+                found.append((path.relative_to(base).as_posix(), f"{stat.st_mtime_ns}-{stat.st_size}"))
+        return found
+
     def upload_dir(self, local: Path, key: str) -> str:
         """Copy a local folder under `key` (a no-op when it already is that folder)."""
         if not self.is_remote:
