@@ -38,8 +38,10 @@ def deployment(context: dg.AssetExecutionContext, recipe: RecipeResource, regist
     settings = recipe.load()
     name = settings.registry.model_name
     live = live_versions(registry, name)
-    if not any(v.alias == "champion" for v in live):
-        raise dg.Failure(f"{name} has no champion in the registry: nothing to deploy")
+    if not any(v.alias == "champion" for v in live):  # nothing registered yet, or the gate stopped the first model
+        context.log.warning(f"{name} has no champion in the registry: nothing is live, no manifests rendered")
+        return dg.Output({"model_name": name, "live": [], "traffic_share": {}, "manifests": None, "objects": []},
+                         data_version=dg.DataVersion("nothing-live"), metadata={"live": "nothing is live"})
     deploy = settings.serving.deployment
     objects = render(name, live, deploy.base_model_uri, deploy)
     text = yaml.safe_dump_all(objects, sort_keys=False)

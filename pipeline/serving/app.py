@@ -6,6 +6,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -17,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.recipe import ServingRecipe
@@ -54,12 +56,14 @@ class Server:
         self.metrics.watch_writer(writer)
         self.metrics.show_live(pool.live())
         self.recent: OrderedDict[str, dict[str, Any]] = OrderedDict()  # id -> interaction, for comparisons
+        self._recent_lock = threading.Lock()
         self.started = time.time()
 
     def remember(self, event: dict[str, Any]) -> None:
-        self.recent[event["id"]] = event
-        while len(self.recent) > self.settings.recent_interactions:
-            self.recent.popitem(last=False)
+        with self._recent_lock:
+            self.recent[event["id"]] = event
+            while len(self.recent) > self.settings.recent_interactions:
+                self.recent.popitem(last=False)
 
     def on_swap(self, changes: list[str]) -> None:
         self.metrics.swaps.inc()
@@ -189,8 +193,6 @@ def build_app(server: Server) -> FastAPI:
         args = (messages, max_tokens, chat.temperature, chat.top_p, chat.seed)
         if chat.stream:
             return _stream(server, alias, event_id, chat, args)
-        from starlette.concurrency import run_in_threadpool
-
         return await run_in_threadpool(_complete, server, alias, event_id, args)
 
     @app.post("/v1/feedback", status_code=202)
