@@ -2,7 +2,7 @@
 (champion and canary, half the traffic each) over HTTP, beside the same base + adapter answered by a plain
 transformers `generate` loop, on the same prompts, in one run.
 
-Run: python bench/serving_bench.py [--requests 40] [--concurrency 2] [--max-tokens 16] [--threads 1]
+Run: python bench/serving_bench.py [--requests 40] [--concurrency 2] [--max-tokens 16] [--threads 1] [--rounds 3]
 Prints requests/s, p50/p99 latency and completion tokens/s for both, and writes bench/results/serving_cpu.json.
 The adapters are freshly initialised (LoRA B = 0), so both sides generate the same tokens and the LoRA
 compute is paid in full; what differs is the server (HTTP, routing, leases, feedback buffer, metrics).
@@ -78,7 +78,7 @@ def serve_process(tracking_uri: str, base: str, port: int, bucket_root: str, thr
     uvicorn.run(build_app(server), host="127.0.0.1", port=port, log_level="warning")
 
 
-def summary(latencies: list[float], wall: float, tokens: int) -> dict[str, float]:
+def summary(latencies: list[float], tokens: int, wall: float) -> dict[str, float]:
     ordered = sorted(latencies)
     p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
     return {"requests": len(latencies), "requests_per_s": round(len(latencies) / wall, 3),
@@ -86,7 +86,7 @@ def summary(latencies: list[float], wall: float, tokens: int) -> dict[str, float
             "completion_tokens_per_s": round(tokens / wall, 1), "wall_s": round(wall, 2)}
 
 
-def bench_server(url: str, batch: list, max_tokens: int, concurrency: int) -> tuple[dict, dict]:
+def bench_server(url: str, batch: list, max_tokens: int, concurrency: int):
     import requests
 
     latencies, tokens, versions, errors = [], [0], {}, []
@@ -118,18 +118,24 @@ def bench_server(url: str, batch: list, max_tokens: int, concurrency: int) -> tu
         w.start()
     for w in workers:
         w.join()
-    result = summary(latencies, time.perf_counter() - start, tokens[0])
-    return {**result, "errors": len(errors), "concurrency": concurrency}, versions
+    return latencies, tokens[0], time.perf_counter() - start, versions, errors
 
 
-def bench_plain(base: Path, adapter: Path, batch: list, max_tokens: int) -> dict:
-    """The baseline: base + the same adapter in one process, a loop of tokenize -> generate -> decode."""
+def load_plain(base: Path, adapter: Path):
+    """The baseline: base + the same adapter in one process, answered by a loop of tokenize -> generate -> decode."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), str(adapter)).eval()
+    return tokenizer, model
+
+
+def bench_plain(plain, batch: list, max_tokens: int) -> tuple[list[float], int, float]:
+    import torch
+
+    tokenizer, model = plain
     latencies, tokens = [], 0
     start = time.perf_counter()
     for messages in batch:
@@ -141,7 +147,7 @@ def bench_plain(base: Path, adapter: Path, batch: list, max_tokens: int) -> dict
         tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         tokens += out.shape[1] - inputs["input_ids"].shape[1]
         latencies.append(time.perf_counter() - t0)
-    return summary(latencies, time.perf_counter() - start, tokens)
+    return latencies, tokens, time.perf_counter() - start
 
 
 def main() -> int:
@@ -150,6 +156,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads, the same on both sides")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating server / plain-loop rounds")
     parser.add_argument("--out", default=str(ROOT / "bench/results/serving_cpu.json"))
     args = parser.parse_args()
 
@@ -175,6 +182,7 @@ def main() -> int:
     registry.move_alias(MODEL, "canary", "2", actor="bench", reason="bench")
     batch = prompts(args.requests)
 
+    plain_model = load_plain(base, adapters[0])
     port = free_port()
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Event()
@@ -183,6 +191,9 @@ def main() -> int:
     import requests
 
     url = f"http://127.0.0.1:{port}"
+    # Rounds alternate server and plain loop, so the shared machine's load drifts over both alike.
+    totals = {"server": [[], 0, 0.0], "plain": [[], 0, 0.0]}
+    versions, errors = {}, []
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
@@ -192,13 +203,24 @@ def main() -> int:
             except requests.ConnectionError:
                 time.sleep(0.5)
         bench_server(url, batch[:2], args.max_tokens, 1)  # warm-up
-        server, versions = bench_server(url, batch, args.max_tokens, args.concurrency)
+        bench_plain(plain_model, batch[:2], args.max_tokens)
+        size = -(-len(batch) // args.rounds)
+        for r in range(args.rounds):
+            chunk = batch[r * size:(r + 1) * size]
+            lat, tok, wall, seen, errs = bench_server(url, chunk, args.max_tokens, args.concurrency)
+            totals["server"] = [totals["server"][0] + lat, totals["server"][1] + tok, totals["server"][2] + wall]
+            errors += errs
+            for alias, count in seen.items():
+                versions[alias] = versions.get(alias, 0) + count
+            lat, tok, wall = bench_plain(plain_model, chunk, args.max_tokens)
+            totals["plain"] = [totals["plain"][0] + lat, totals["plain"][1] + tok, totals["plain"][2] + wall]
+            print(f"round {r + 1}/{args.rounds} done", flush=True)
     finally:
         proc.terminate()
         proc.join(30)
-    bench_plain(base, adapters[0], batch[:2], args.max_tokens)  # warm-up
-    plain = bench_plain(base, adapters[0], batch, args.max_tokens)
-    result = {"base": str(base.name), "adapters": 2, "max_tokens": args.max_tokens, "torch_threads": args.threads,
+    server = {**summary(*totals["server"]), "errors": len(errors), "concurrency": args.concurrency}
+    plain = summary(*totals["plain"])
+    result = {"base": str(base.name), "adapters": 2, "max_tokens": args.max_tokens, "torch_threads": args.threads, "rounds": args.rounds,
               "cpu": platform.processor() or platform.machine(), "server": server, "served_by_alias": versions,
               "plain_generate_loop": plain}
     print(f"{'':22}{'req/s':>8}{'p50 ms':>10}{'p99 ms':>10}{'tok/s':>8}")

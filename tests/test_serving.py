@@ -184,7 +184,9 @@ def test_feedback_posts_are_accepted_or_refused_clearly(live):
 def test_feedback_files_read_back_valid_against_the_contract(live, tmp_path):
     url, session, server, bucket = live
     response = chat(session, url, content="Summarize: the contract test", user="bob").json()
+    other = chat(session, url, content="Summarize: the contract test", user="carol").json()
     session.post(f"{url}/v1/feedback", json={"response_id": response["id"], "rating": -1, "correction": "better"}, timeout=10)
+    session.post(f"{url}/v1/feedback", json={"response_id": response["id"], "compared_with": other["id"], "winner": "tie"}, timeout=10)
     server.writer.flush()
     schema = load_schema()
     files = sorted(bucket.local_path("feedback").rglob("*"))
@@ -221,10 +223,19 @@ def test_the_contract_schema_rejects_what_the_contract_forbids():
             jsonschema.validate(broken, schema)
 
 
+def wait_for(condition, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def test_an_alias_move_is_swapped_in_while_requests_keep_flowing(tiny_model_dir, adapters, tmp_path):
     registry, versions = gated_registry(tmp_path, NAME, adapters)
     registry.move_alias(NAME, "champion", versions[0], actor="test", reason="first")
-    settings = ServingRecipe(canary_share=0.0, poll_seconds=0.2, flush_seconds=0.5, default_max_tokens=2, torch_threads=1)
+    settings = ServingRecipe(canary_share=0.5, poll_seconds=0.2, flush_seconds=0.5, default_max_tokens=2, torch_threads=1)
     bucket = Bucket(root=str(tmp_path / "bucket"))
     server = build_server(tiny_model_dir, settings, NAME, RegistrySource(registry, NAME), bucket.write_bytes)
     seen, failures, stop = Counter(), [], threading.Event()
@@ -250,11 +261,16 @@ def test_an_alias_move_is_swapped_in_while_requests_keep_flowing(tiny_model_dir,
         deadline = time.monotonic() + 30
         while seen["3"] < 10 and time.monotonic() < deadline:
             time.sleep(0.1)
+        health = requests.get(f"{url}/healthz", timeout=10).json()
+        registry.move_alias(NAME, "canary", versions[1], actor="test", reason="canary while traffic flows")
+        canary_live = wait_for(lambda: requests.get(f"{url}/healthz", timeout=10).json()["live"].get("canary") == "2")
+        registry.remove_alias(NAME, "canary", actor="test", reason="rolled back while traffic flows")
+        canary_gone = wait_for(lambda: "canary" not in requests.get(f"{url}/healthz", timeout=10).json()["live"])
         stop.set()
         for t in threads:
             t.join()
-        health = requests.get(f"{url}/healthz", timeout=10).json()
     assert failures == []
     assert seen["1"] > 0 and seen["3"] >= 10, seen
     assert health["live"] == {"champion": "3"}
+    assert canary_live and canary_gone
     assert server.pool.loaded_versions() in (["3"], ["1", "3"])  # v1 unloaded, or kept as PEFT's last adapter
