@@ -274,3 +274,21 @@ def test_an_alias_move_is_swapped_in_while_requests_keep_flowing(tiny_model_dir,
     assert health["live"] == {"champion": "3"}
     assert canary_live and canary_gone
     assert server.pool.loaded_versions() in (["3"], ["1", "3"])  # v1 unloaded, or kept as PEFT's last adapter
+
+
+def test_a_version_swapped_out_stays_loaded_until_its_last_request_returns(tiny_model_dir, adapters):
+    from pipeline.serving.pool import ModelPool, VersionSpec
+
+    pool = ModelPool(tiny_model_dir, threads=1)
+    specs = [VersionSpec(str(i + 1), path, True) for i, path in enumerate(adapters)]
+    pool.sync({"champion": specs[0], "canary": specs[1]})
+    messages = [{"role": "user", "content": "hi"}]
+    with pool.lease("champion") as held:
+        pool.sync({"champion": specs[2]})  # champion moves, canary removed, while a request holds v1
+        assert pool.live() == {"champion": "3"}
+        assert "1" in pool.loaded_versions() and "2" not in pool.loaded_versions()
+        old = pool.generate(held, messages, 4)  # the request finishes on the version it started with
+    with pool.lease("champion") as new:
+        assert new.version == "3"
+        assert pool.generate(new, messages, 4).text != old.text
+    assert pool.loaded_versions() == ["3"]
