@@ -53,13 +53,19 @@ def _launch(context: dg.AssetExecutionContext, stage: str, spec: dict, workdir: 
             launcher: TrainingLauncher) -> dict:
     """Run one training stage; with a remote store, mirror checkpoints there and upload the weights it made."""
     prefix = f"runs/{context.run_id}/{stage}"
+    # compiled kernels are shared by every run on the same torch, GPU and model shape (pipeline.training.compile_cache)
+    spec.setdefault("compile_cache_uri", bucket.uri("compile-cache"))
     if bucket.is_remote:  # checkpoints mirrored to the store, so a retry on another machine resumes
         spec["checkpoint_uri"] = bucket.uri(f"{prefix}/checkpoints")
-    result = launcher.launch(context, spec, workdir)
+        spec["base_uri"] = bucket.uri(f"models/base/{Path(spec['base_path']).name}")  # where base_model put it
+    # with a remote store a pod (kubernetes mode) exchanges its inputs and weights under the stage's prefix
+    remote = {"remote_prefix": bucket.uri(prefix)} if bucket.is_remote else {}
+    result = launcher.launch(context, spec, workdir, **remote)
     if bucket.is_remote:
         for key in ("adapter_path", "model_path"):
-            if result[key]:
-                result[key.replace("_path", "_uri")] = bucket.upload_dir(Path(result[key]), f"{prefix}/{Path(result[key]).name}")
+            uri_key = key.replace("_path", "_uri")
+            if result[key] and not result.get(uri_key):  # a pod has already published its weights
+                result[uri_key] = bucket.upload_dir(Path(result[key]), f"{prefix}/{Path(result[key]).name}")
     return result
 
 

@@ -42,6 +42,8 @@ CONFIGS = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
     "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3),
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8),
+    # Llama 3 8B's body (SmolLM2's 49k vocabulary, tied embeddings: 7.0B parameters)
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8),
 }
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}
 
@@ -55,7 +57,9 @@ def build_model_dir(size: str, tokenizer_dir: Path, target: Path) -> int:
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
                          **CONFIGS[size])
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    # built on the GPU where there is one: initialising 8B weights on the host takes minutes
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(target, safe_serialization=True)
     tokenizer.save_pretrained(target)
     return sum(p.numel() for p in model.parameters())

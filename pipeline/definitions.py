@@ -15,6 +15,7 @@ from assets.canary import canary_decision_sensor
 from pipeline.paths import store_root
 from resources import Bucket, BucketJsonIOManager, ModelRegistry, RecipeResource, TrainingLauncher
 
+GPU_RUN_TAG = "pipeline/gpu"  # runs that train; the QueuedRunCoordinator's tag limit counts them
 STAGE_MODULES = [sources, curation, split, model, training, evaluation, registry, deployment]
 
 
@@ -39,7 +40,7 @@ def prod_resources() -> dict:
         "recipe": RecipeResource(path=os.environ.get("PIPELINE_RECIPE", "recipes/default.yaml")),
         "registry": ModelRegistry(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"), artifact_root=dg.EnvVar("MLFLOW_ARTIFACT_ROOT"),
                                   ui_url=os.environ.get("MLFLOW_UI_URL")),
-        "launcher": TrainingLauncher(),
+        "launcher": TrainingLauncher.from_env(),  # PIPELINE_LAUNCHER: GPU pods / TrainJobs on Kubernetes
     }
 
 
@@ -52,6 +53,7 @@ finetune_job = dg.define_asset_job(
     "finetune",
     selection=dg.AssetSelection.all(),
     description="Raw examples to a gated, registered model: the whole graph.",
+    tags={GPU_RUN_TAG: "true"},  # deploy/dagster.yaml limits how many of these run at once
 )
 
 

@@ -64,10 +64,20 @@ class Bucket(dg.ConfigurableResource):
         return self.local_path(key).read_bytes()
 
     def exists(self, key: str) -> bool:
+        """Whether an object with exactly this key exists: a file locally, an object on S3. A folder or a mere
+        prefix ("a/b.js" of "a/b.json") is not one on either."""
         if self.is_remote:
+            from botocore.exceptions import ClientError
+
             bucket, path = self._split(key)
-            return self._s3().list_objects_v2(Bucket=bucket, Prefix=path, MaxKeys=1).get("KeyCount", 0) > 0
-        return self.local_path(key).exists()
+            try:
+                self._s3().head_object(Bucket=bucket, Key=path)
+                return True
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return False
+                raise
+        return self.local_path(key).is_file()
 
     def list_objects(self, prefix: str) -> list[tuple[str, str]]:
         """(key, tag) of every object under `prefix`, keys relative to the root; the tag is the S3 ETag, or the

@@ -9,24 +9,35 @@ from resources import Bucket, BucketJsonIOManager
 
 
 @pytest.fixture
-def s3_bucket(monkeypatch):
+def s3_bucket(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     with mock_aws():
         boto3.client("s3").create_bucket(Bucket="models")
-        yield Bucket(root="s3://models/pipeline", cache_dir="/tmp/llm-pipeline-test-cache")
+        # a fresh cache per test: a download that fetched nothing must not pass on an earlier run's copies
+        yield Bucket(root="s3://models/pipeline", cache_dir=str(tmp_path_factory.mktemp("s3-cache")))
+
+
+@pytest.mark.parametrize("root_kind", ["local", "s3"])
+def test_exists_means_an_object_with_exactly_that_key_on_both(root_kind, s3_bucket, tmp_path):
+    bucket = s3_bucket if root_kind == "s3" else Bucket(root=str(tmp_path / "store"))
+    bucket.write_bytes("a/b.json", b"{}")
+    assert bucket.exists("a/b.json")
+    assert not bucket.exists("a/missing")
+    assert not bucket.exists("a")  # a folder, or a prefix of keys, is not an object
+    assert not bucket.exists("a/b.js")  # a prefix of a key is not that key
 
 
 def test_s3_round_trip_of_objects_and_folders(s3_bucket, tmp_path):
     s3_bucket.write_bytes("a/b.json", b"{}")
-    assert s3_bucket.exists("a/b.json") and not s3_bucket.exists("a/missing")
     assert s3_bucket.read_bytes("a/b.json") == b"{}"
     (tmp_path / "adapter" / "sub").mkdir(parents=True)
     (tmp_path / "adapter" / "weights.safetensors").write_bytes(b"w")
     (tmp_path / "adapter" / "sub" / "config.json").write_text("{}")
     assert s3_bucket.upload_dir(tmp_path / "adapter", "runs/1/adapter") == "s3://models/pipeline/runs/1/adapter"
     local = s3_bucket.download_dir("runs/1/adapter")
+    assert local.is_relative_to(s3_bucket.cache_dir) and local != tmp_path / "adapter"
     assert (local / "weights.safetensors").read_bytes() == b"w"
     assert (local / "sub" / "config.json").read_text() == "{}"
 
@@ -71,5 +82,5 @@ def test_s3_sources_are_read_through_the_bucket_resource(s3_bucket):
     s3.put_object(Bucket="raw", Key="many/b.jsonl", Body=row)
     data = DataRecipe(sources=[SourceSpec(path="s3://raw/one/alpaca.jsonl"), SourceSpec(path="s3://raw/many")])
     result = read_sources(stage_remote_sources(data, s3_bucket))
-    assert [r["origin"]["file"] for r in result.records] == ["alpaca.jsonl", "a.jsonl", "b.jsonl"]
-    assert [(q["file"], q["line"], q["reason"]) for q in result.quarantined] == [("a.jsonl", 2, "invalid_json")]
+    assert [r["origin"]["file"] for r in result.records] == ["alpaca.jsonl", "many/a.jsonl", "many/b.jsonl"]
+    assert [(q["file"], q["line"], q["reason"]) for q in result.quarantined] == [("many/a.jsonl", 2, "invalid_json")]

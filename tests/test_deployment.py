@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import dagster as dg
-import kubernetes_validate
 import pytest
 import yaml
 
 from assets.deployment import deployment
 from pipeline.evaluation.gate import GATE_PASSED_TAG
+from pipeline.k8s.validate import KUBERNETES_VERSION, ManifestInvalid, validate_core
 from pipeline.recipe import DeploymentRecipe
 from pipeline.serving.k8s import LiveVersion, render
 from resources import Bucket, ModelRegistry, RecipeResource
 from tests.conftest import tiny_recipe
 
-KUBERNETES = "1.30"
 
 
-def validate_all(objects: list[dict], version: str = KUBERNETES) -> None:
-    """Each object against the core schemas of that Kubernetes version, strict (unknown fields are errors)."""
+def validate_all(objects: list[dict], version: str = KUBERNETES_VERSION) -> None:
+    """Each object against the core schemas of that Kubernetes version, strict (the shared helper of pipeline.k8s)."""
     for obj in objects:
-        kubernetes_validate.validate(obj, desired_version=version, strict=True)
+        validate_core(obj, version)
 
 
 def test_adapters_share_one_vllm_deployment_and_a_full_model_gets_its_own():
@@ -52,7 +51,7 @@ def test_two_adapters_are_two_lora_modules_on_one_base():
 def test_the_validator_catches_a_broken_manifest():
     (deployment_obj, _) = render("m", [LiveVersion("champion", "1", "u", True)], "b", DeploymentRecipe())
     deployment_obj["spec"]["replicas"] = "two"
-    with pytest.raises(kubernetes_validate.ValidationError):
+    with pytest.raises(ManifestInvalid, match="replicas"):
         validate_all([deployment_obj])
 
 

@@ -44,4 +44,22 @@ def test_a_folder_is_read_file_by_file_in_sorted_order(tmp_path):
     pq.write_table(pa.Table.from_pylist([ALPACA]), tmp_path / "b" / "c.parquet")
     (tmp_path / "notes.txt").write_text("not data")
     records, _ = _read(tmp_path)
-    assert [r["origin"]["file"] for r in records] == ["a.jsonl", "c.parquet"]
+    assert [r["origin"]["file"] for r in records] == [f"{tmp_path.name}/a.jsonl", f"{tmp_path.name}/b/c.parquet"]
+
+
+def test_files_of_one_name_in_different_folders_keep_separate_books(tmp_path):
+    from assets.sources import _by_file
+    from pipeline.recipe import SourceSpec
+
+    for folder, lines in (("x", [json.dumps(CHATML), "{broken"]), ("y", [json.dumps(CHATML), json.dumps(ALPACA)])):
+        (tmp_path / "many" / folder).mkdir(parents=True)
+        (tmp_path / "many" / folder / "data.jsonl").write_text("\n".join(lines) + "\n")
+        (tmp_path / folder / "train.jsonl").parent.mkdir(exist_ok=True)
+        (tmp_path / folder / "train.jsonl").write_text("\n".join(lines) + "\n")
+    folder_books = _by_file(read_sources(DataRecipe(sources=[SourceSpec(path=str(tmp_path / "many"))])))
+    assert folder_books == [{"file": "many/x/data.jsonl", "lines": 2, "quarantined": 1, "share": 0.5},
+                            {"file": "many/y/data.jsonl", "lines": 2, "quarantined": 0, "share": 0.0}]
+    two_sources = [SourceSpec(path=str(tmp_path / "x" / "train.jsonl")), SourceSpec(path=str(tmp_path / "y" / "train.jsonl"))]
+    books = _by_file(read_sources(DataRecipe(sources=two_sources)))
+    assert [(b["file"], b["lines"], b["quarantined"]) for b in books] == [
+        (str(tmp_path / "x" / "train.jsonl"), 2, 1), (str(tmp_path / "y" / "train.jsonl"), 2, 0)]

@@ -94,7 +94,10 @@ def test_fsdp_checkpoints_are_sharded_and_the_final_save_is_whole():
     save_final_weights_whole(trainer)
     assert plugin.state_dict_type == StateDictType.FULL_STATE_DICT
     assert isinstance(plugin.state_dict_config, FullStateDictConfig) and plugin.state_dict_config.rank0_only
-    save_final_weights_whole(SimpleNamespace(is_fsdp_enabled=False))  # DeepSpeed or one device: nothing to switch
+    untouched = FullyShardedDataParallelPlugin(**config.fsdp_plugin_args)
+    save_final_weights_whole(SimpleNamespace(is_fsdp_enabled=False,  # DeepSpeed or one device: nothing to switch
+                                             accelerator=SimpleNamespace(state=SimpleNamespace(fsdp_plugin=untouched))))
+    assert untouched.state_dict_type == StateDictType.SHARDED_STATE_DICT
 
 
 def test_no_checkpoint_means_a_fresh_start(tmp_path):

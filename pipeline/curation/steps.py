@@ -78,9 +78,12 @@ RAW_CONTENT_KEYS = ("instruction", "input", "output", "system", "conversations",
 def read_sources(recipe: DataRecipe) -> ReadResult:
     """Read and normalise every configured source; malformed lines are quarantined with file, line and reason."""
     records, quarantined, lines = [], [], 0
+    names = Counter(Path(s.path.rstrip("/")).name for s in recipe.sources)
     for source in recipe.sources:
         path = resolve(source.path)
-        for raw in read_any(path):
+        # two sources of one name (a/train.jsonl, b/train.jsonl) are told apart by their configured paths
+        label = Path(source.path.rstrip("/")).name if names[Path(source.path.rstrip("/")).name] == 1 else source.path.rstrip("/")
+        for raw in read_any(path, label):
             lines += 1
             where = {"file": raw.file, "line": raw.line}
             if raw.error:

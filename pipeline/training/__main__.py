@@ -1,10 +1,12 @@
 """Run one training job from a JSON spec, reporting to Dagster Pipes when launched by Dagster and to MLflow.
 
     python -m pipeline.training --spec path/to/spec.json
+    python -m pipeline.training --spec-env PIPELINE_TRAINING_SPEC   # a pod: the spec JSON in a variable
 
 The spec holds the input paths, the training recipe and the MLflow run to log to (see `TrainingSpec`).
 The result comes back to the launching asset as a Pipes custom message and is also written to
-`<output_dir>/result.json`, so a run outside Dagster leaves the same record.
+`<output_dir>/result.json`, so a run outside Dagster leaves the same record. Inputs given as `s3://` URIs are
+fetched first, and with `output_uri` the weights are published there (a pod without a shared disk).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class TrainingSpec(BaseModel):
     sft_result: dict[str, Any] | None = None  # dpo stage only: the SFT result it starts from
     exclude_groups: list[str] = []  # dpo stage only: held-out families
     checkpoint_uri: str | None = None  # s3:// prefix that mirrors the checkpoints, so another machine can resume
+    output_uri: str | None = None  # s3:// prefix where rank 0 publishes the adapter and model (no shared disk)
+    compile_cache_uri: str | None = None  # s3:// prefix or folder of compiled-kernel caches, shared across runs
     mlflow: MlflowTarget | None = None
 
 
@@ -53,9 +57,14 @@ def _flatten(prefix: str, value: Any) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m pipeline.training", description=__doc__.splitlines()[0])
-    parser.add_argument("--spec", required=True, type=Path, help="JSON file with a TrainingSpec")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--spec", type=Path, help="JSON file with a TrainingSpec")
+    source.add_argument("--spec-env", metavar="NAME", help="environment variable holding the TrainingSpec JSON")
     args = parser.parse_args(argv)
-    spec = TrainingSpec.model_validate_json(args.spec.read_text())
+    from pipeline.training.remote import publish_outputs, spec_from_env, stage_inputs
+
+    text = args.spec.read_text() if args.spec else spec_from_env(args.spec_env)
+    spec = TrainingSpec.model_validate_json(text)
     # under torchrun every rank runs this; only rank 0 talks to Dagster and MLflow, so each line is reported once
     rank_zero = int(os.environ.get("RANK", "0")) == 0
 
@@ -71,6 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         is_pipes = rank_zero and PipesEnvVarParamsLoader().is_dagster_pipes_process()
         pipes = stack.enter_context(open_dagster_pipes()) if is_pipes else None
         check_method_runs_here(spec.training)  # e.g. QLoRA without a GPU: fail before loading anything
+        spec = TrainingSpec.model_validate(stage_inputs(spec.model_dump()))  # s3:// inputs to this machine's disk
         log = pipes.log if pipes else logging.getLogger("pipeline.training")
         if not pipes:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -102,10 +112,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             from pipeline.training.sft import train_sft
 
             trained = train_sft(Path(spec.train_path), Path(spec.base_path), Path(spec.output_dir), spec.training, report,
-                                spec.checkpoint_uri)
+                                spec.checkpoint_uri, compile_cache_uri=spec.compile_cache_uri)
             result = trained.to_dict() if trained else {}
         if not rank_zero:
             return result
+        if spec.output_uri:
+            result = publish_outputs(result, spec.output_uri)
+            report(f"published the weights under {spec.output_uri}", {})
         if mlflow:
             result["mlflow_run_id"] = run.info.run_id
             if result["train_loss"] is not None:

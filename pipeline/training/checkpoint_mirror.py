@@ -2,6 +2,10 @@
 
 Each complete local checkpoint is uploaded with its completion marker last, so a remote checkpoint without the
 marker is a half-uploaded one and is never restored. Rotation follows the local folder.
+
+Across machines with no shared disk (a multi-node TrainJob) no machine holds a whole checkpoint: each rank writes
+its own FSDP shards, optimizer slices and RNG state to its own disk. So every machine's first process uploads what
+its machine wrote, all ranks wait, and only then does rank 0 upload the marker; a restore downloads the union.
 """
 
 from __future__ import annotations
@@ -23,13 +27,18 @@ def _s3():
     return boto3.client("s3")  # endpoint and credentials from the AWS environment (AWS_ENDPOINT_URL for MinIO)
 
 
-def upload_checkpoint(folder: Path, uri: str) -> None:
-    """Upload one complete checkpoint under `uri/<name>/`, the marker last."""
+def upload_checkpoint(folder: Path, uri: str, marker: bool = True) -> None:
+    """Upload one checkpoint under `uri/<name>/`: every file but the marker, then (with `marker`) the marker last."""
     bucket, prefix = _split(uri)
     client = _s3()
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != COMPLETE_MARKER)
-    for path in [*files, folder / COMPLETE_MARKER]:
+    for path in [*files, *([folder / COMPLETE_MARKER] if marker else [])]:
         client.upload_file(str(path), bucket, f"{prefix}/{folder.name}/{path.relative_to(folder).as_posix()}")
+
+
+def upload_checkpoint_marker(folder: Path, uri: str) -> None:
+    bucket, prefix = _split(uri)
+    _s3().upload_file(str(folder / COMPLETE_MARKER), bucket, f"{prefix}/{folder.name}/{COMPLETE_MARKER}")
 
 
 def remote_checkpoints(uri: str) -> dict[str, set[str]]:
@@ -77,11 +86,15 @@ def mirror_callback(uri: str):
 
     class CheckpointMirror(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
-            if not state.is_world_process_zero:
-                return
+            import torch
+
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if is_complete(folder):
-                upload_checkpoint(folder, uri)
+            if state.is_local_process_zero and folder.is_dir():  # what this machine's ranks wrote
+                upload_checkpoint(folder, uri, marker=False)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.barrier()  # every machine's part is in the store before the marker
+            if state.is_world_process_zero and is_complete(folder):
+                upload_checkpoint_marker(folder, uri)
                 prune_remote(uri, {p.name for p in Path(args.output_dir).iterdir() if is_complete(p)})
 
     return CheckpointMirror()

@@ -15,6 +15,8 @@ from pipeline.training.checkpoint_mirror import mirror_callback, resume_point
 from pipeline.training.distributed import (gather_blocks_whole, save_final_weights_whole, terse_parameter_repr,
                                            trainer_args, whole_model_loading)
 from pipeline.training.checkpoints import marker_callback
+from pipeline.training.compile_plan import plan_compile
+from pipeline.training.compile_cache import compile_seconds
 from pipeline.training.methods import check_method_runs_here, load_base, peft_config
 from pipeline.training.monitoring import Reporter, early_stopping_callback, peak_memory_mb, reporting_callback
 
@@ -35,6 +37,8 @@ class TrainingResult:
     tokens_seen: int
     peak_memory_mb: float
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    # seconds per phase (load, prepare: tokenisation, compile, train, save) and the compile decision
+    phases: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -56,13 +60,15 @@ def _on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def device_flags(recipe: TrainingRecipe) -> dict[str, Any]:
+def device_flags(recipe: TrainingRecipe, compiling: bool | None = None) -> dict[str, Any]:
+    """Trainer precision and kernel flags; `compiling` is the run's compile decision (default: torch_compile true)."""
     import torch
 
+    compiling = recipe.torch_compile is True if compiling is None else compiling
     if torch.cuda.is_available():
         # Under compilation the blocks fuse norms, RoPE and SwiGLU themselves (Liger's Triton kernels inside them
         # break the compiler's trace), and TRL fuses the LM head with the loss either way.
-        liger = recipe.liger_kernels and not recipe.torch_compile and importlib.util.find_spec("liger_kernel") is not None
+        liger = recipe.liger_kernels and not compiling and importlib.util.find_spec("liger_kernel") is not None
         return {"bf16": torch.cuda.is_bf16_supported(), "fp16": not torch.cuda.is_bf16_supported(),
                 "use_liger_kernel": liger}
     # bf16 autocast is ~1.5x faster on CPUs with native bf16 (AVX512-BF16, AMX) and slower elsewhere.
@@ -123,10 +129,13 @@ def merge_adapter(base_path: Path, adapter_dir: Path, target: Path) -> Path:
 
 
 def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: TrainingRecipe, reporter: Reporter,
-              checkpoint_uri: str | None = None, extra_callbacks: list | None = None) -> TrainingResult | None:
+              checkpoint_uri: str | None = None, extra_callbacks: list | None = None,
+              compile_cache_uri: str | None = None) -> TrainingResult | None:
     """Fine-tune on `train_path` (canonical JSONL) with the recipe's method; resume from the latest complete
     checkpoint under `output_dir/checkpoints` (or mirrored at `checkpoint_uri`, s3://) when a previous attempt
-    left one. `extra_callbacks` are more Trainer callbacks (a profiler, say). Returns None on ranks other than 0."""
+    left one. `extra_callbacks` are more Trainer callbacks (a profiler, say). Compiled blocks load and store their
+    kernels under `compile_cache_uri` (s3:// or a folder). Returns None on ranks other than 0."""
+    phase_start = time.monotonic()  # the load phase counts these imports too
     from datasets import Dataset
     from transformers import AutoTokenizer, PrinterCallback, set_seed
     from trl import SFTConfig, SFTTrainer
@@ -144,6 +153,7 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
     eval_rows = rows[-recipe.eval_examples:] if recipe.eval_examples else []
     train_rows = rows[: len(rows) - len(eval_rows)]
     evaluating = bool(eval_rows)
+    compiling = plan_compile(base_path, recipe, train_rows, tokenizer, compile_cache_uri, reporter)
 
     checkpoint_dir = output_dir / "checkpoints"
     config = SFTConfig(
@@ -179,12 +189,14 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
         optim=recipe.optimizer,
         dataloader_num_workers=0,
         disable_tqdm=True,
-        **device_flags(recipe),
+        **device_flags(recipe, compiling.decision.compile),
         **trainer_args(recipe.distributed),
     )
     # after the config: under ZeRO-3 the config makes from_pretrained load each weight partitioned across the ranks
     # (zero.Init), instead of whole on every rank and repartitioned when DeepSpeed starts
     model = load_base(base_path, recipe)
+    phases = {"load_s": time.monotonic() - phase_start}
+    phase_start = time.monotonic()
     callbacks = [reporting_callback(reporter), marker_callback()]  # the marker first: the mirror uploads marked ones
     if checkpoint_uri:
         callbacks.append(mirror_callback(checkpoint_uri))
@@ -197,10 +209,13 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
                             processing_class=tokenizer, peft_config=peft_config(recipe), callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # progress goes through the reporter, not raw dicts on stdout
     gather_blocks_whole(trainer.model, recipe.distributed)
-    if recipe.torch_compile:
+    if compiling.decision.compile:
+        compiling.restore(reporter)
         reporter(f"compiled {compile_repeated_blocks(trainer.model)} repeated blocks (dynamic shapes)", {})
     if _unpacked_padding_free(recipe):
         check_lengths(trainer.train_dataset, recipe.max_length)
+    phases["prepare_s"] = time.monotonic() - phase_start  # tokenisation and the trainer's set-up
+    compiled_before = compile_seconds()
 
     resume = resume_point(checkpoint_dir, checkpoint_uri, reporter, trainer.args)
     started = time.monotonic()
@@ -210,6 +225,11 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
             output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         train_loss = float(output.training_loss)
     runtime = time.monotonic() - started
+    phases["compile_s"] = compile_seconds() - compiled_before  # compiles happen lazily, inside the first steps
+    phases["train_s"] = runtime - phases["compile_s"]
+    if compiling.decision.compile and trainer.is_world_process_zero():
+        phases.update(compiling.persist(reporter))
+    phase_start = time.monotonic()
     save_final_weights_whole(trainer)  # checkpoints were sharded; what we hand on is whole
 
     adapter_dir = model_dir = None
@@ -226,10 +246,13 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
         if recipe.merge_adapter and trainer.is_world_process_zero():
             model_dir = merge_adapter(base_path, adapter_dir, output_dir / "merged")
             reporter(f"saved merged model to {model_dir}", {})
+    phases["save_s"] = time.monotonic() - phase_start
     if not trainer.is_world_process_zero():  # other ranks are done; rank 0 hashes and reports
         return None
+    phase_start = time.monotonic()
     adapter_sha = file_sha256(adapter_dir / "adapter_model.safetensors") if adapter_dir else None
     model_sha = weights_sha256(model_dir) if model_dir else None
+    phases["hash_s"] = time.monotonic() - phase_start  # lineage: seconds for a full model's weights
     return TrainingResult(
         method=recipe.method,
         adapter_path=str(adapter_dir) if adapter_dir else None,
@@ -245,4 +268,5 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
         tokens_seen=int(trainer.state.num_input_tokens_seen),
         peak_memory_mb=round(peak_memory_mb(), 1),
         log_history=[h for h in trainer.state.log_history if "loss" in h or "eval_loss" in h or "train_loss" in h],
+        phases={**{k: round(v, 2) for k, v in phases.items()}, **compiling.summary()},
     )

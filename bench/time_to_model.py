@@ -1,0 +1,266 @@
+"""Time to a trained model: wall time from process start to saved weights, ours against the plain peer, in one run.
+
+Each run is a fresh process (what a user launches), timed from its spawn to its exit, with its phases: imports,
+model load, tokenisation (the trainer's set-up), compilation, training, save. The peer is a plain transformers
+`Trainer` + PEFT script (batch 16 padded to the longest, eager, SDPA; as `bench/gpu_training.py`'s baseline);
+ours is `pipeline.training.sft.train_sft` with the peer's hyperparameters and padding-free rows, so both make the
+same optimizer steps and their loss curves compare point by point. Compiled runs load and store their kernels in
+one compile-cache folder that stands in for the bucket; each process gets empty local Inductor/Triton caches, so a
+compile is cold unless that store has it. Data: the real Debian chat records (`--prepare` builds them from
+../shared), the first N of a seeded shuffle for each `--examples` N.
+
+    python bench/time_to_model.py --prepare ../shared/data/debian-package-summaries   # once, on any machine
+    python bench/time_to_model.py --model 1b --method lora --examples 1000 5000 \\
+        --runs peer 'auto={"torch_compile": "auto"}' 'eager={"torch_compile": false}' --out bench/out/ttm.json
+    python bench/time_to_model.py --model tiny --examples 64 --runs peer 'auto={}'   # CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.gpu_training import CONFIGS, build_model_dir, loss_gap, step_clock, tokenized_rows  # noqa: E402
+
+DATA = ROOT / ".bench_assets/debian_chat.jsonl.gz"
+PEER_LR = {"lora": 2e-4, "full": 2e-5}
+
+
+def prepare(shared: Path, tokenizer_dir: Path, max_tokens: int = 1024) -> None:
+    """All real Debian chat examples (alpaca, ShareGPT and ChatML files, normalised), at most `max_tokens` templated
+    tokens each (the peer would cut longer ones, padding-free training refuses them), shuffled with seed 0."""
+    from transformers import AutoTokenizer
+
+    from pipeline.curation.formats import MalformedRecord, normalise
+    from pipeline.curation.readers import read_jsonl
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    records, too_long, malformed = [], 0, 0
+    for name in ("alpaca", "sharegpt", "chatml"):
+        for raw in read_jsonl(shared / f"{name}.jsonl.gz"):
+            try:
+                messages = normalise(raw.value)[1]
+            except (MalformedRecord, TypeError):
+                malformed += 1
+                continue
+            if len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]) > max_tokens:
+                too_long += 1
+                continue
+            records.append({"id": f"{name}:{raw.line}", "messages": messages})
+    random.Random(0).shuffle(records)
+    DATA.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(DATA, "wt", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    print(f"{len(records)} examples to {DATA} ({too_long} over {max_tokens} tokens, {malformed} malformed left out)")
+
+
+def write_subset(target: Path, n: int) -> int:
+    with gzip.open(DATA, "rt", encoding="utf-8") as f:
+        lines = f.readlines()
+    target.write_text("".join(lines[:n]))
+    return min(n, len(lines))
+
+
+def _clock_summary(clock, losses: list[float], steps: int) -> dict:
+    return {"steps": steps, "steady_steps_per_s": clock.steady_steps_per_s(), "losses": losses}
+
+
+def peer_worker(model_dir: Path, train: Path, method: str, out: Path, overrides: dict) -> dict:
+    """The plain script: Trainer + PEFT, batch 16 padded, eager, SDPA; saves the adapter (or model) as safetensors.
+    `overrides` may turn on gradient checkpointing (what fits the 8B shape's longest padded batches)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    marks = {"imports": time.time()}
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if method == "lora" else torch.float32)
+    torch.manual_seed(42)
+    if method == "lora":
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
+    marks["load"] = time.time()
+    rows = tokenized_rows(tokenizer, train)
+    marks["tokenize"] = time.time()
+    args = TrainingArguments(output_dir=str(out / "checkpoints"), per_device_train_batch_size=16, num_train_epochs=1,
+                             learning_rate=PEER_LR[method], logging_steps=10, save_strategy="no", report_to=[], seed=42,
+                             disable_tqdm=True, use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available(),
+                             gradient_checkpointing=overrides.get("gradient_checkpointing", False),
+                             gradient_checkpointing_kwargs={"use_reentrant": False})
+    clock = step_clock()
+    trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=[clock],
+                      data_collator=DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100))
+    trainer.train()
+    marks["train"] = time.time()
+    trainer.save_model(str(out / "weights"))
+    marks["save"] = time.time()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    return {"marks": marks, "peak_gib": peak, "real_tokens": sum(len(r["input_ids"]) for r in rows),
+            **_clock_summary(clock, losses, trainer.state.global_step)}
+
+
+def ours_worker(model_dir: Path, train: Path, method: str, out: Path, overrides: dict, cache_uri: str | None) -> dict:
+    import torch
+
+    from pipeline.recipe import TrainingRecipe
+    from pipeline.training.sft import train_sft
+
+    clock = step_clock()  # imports transformers: counted with the imports, as in the peer
+    marks = {"imports": time.time()}
+    # the peer's hyperparameters (Trainer and LoraConfig defaults), so both make the same optimizer steps
+    recipe = TrainingRecipe.model_validate({
+        "method": method, "batch_size": 16, "max_length": 1024, "packing": False, "padding_free": True,
+        "attn_implementation": "varlen" if torch.cuda.is_available() else "sdpa", "logging_steps": 10, "epochs": 1,
+        "learning_rate": PEER_LR[method], "lr_scheduler": "linear", "warmup_ratio": 0,
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
+        "save_steps": 10**6, "merge_adapter": False, **overrides})  # the peer saves no checkpoint either
+    losses: list[float] = []
+
+    def report(message: str, metrics: dict) -> None:
+        if "loss" in metrics:
+            losses.append(metrics["loss"])
+        print(f"[ours {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    result = train_sft(train, model_dir, out, recipe, report, extra_callbacks=[clock], compile_cache_uri=cache_uri)
+    marks["save"] = time.time()
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    return {"marks": marks, "phases": result.phases, "peak_gib": peak, **_clock_summary(clock, losses, result.global_step)}
+
+
+def run_worker(kind: str, spec: dict, work: Path, cache_uri: str | None) -> dict:
+    """Spawn one run as its own process (fresh Inductor and Triton caches) and time it from spawn to exit."""
+    result_path = work / "result.json"
+    local_caches = tempfile.mkdtemp(prefix="inductor-", dir=work)
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": local_caches, "TRITON_CACHE_DIR": f"{local_caches}/triton",
+           "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, __file__, "--worker", kind, "--spec", json.dumps(spec), "--result", str(result_path)]
+    if cache_uri:
+        command += ["--cache-uri", cache_uri]
+    env["BENCH_T0"] = repr(time.time())
+    start = float(env["BENCH_T0"])
+    done = subprocess.run(command, env=env, cwd=ROOT)
+    wall = time.time() - start
+    if done.returncode != 0 or not result_path.exists():
+        return {"failed": f"exit {done.returncode}", "wall_s": wall}
+    r = json.loads(result_path.read_text())
+    marks = {k: v - start for k, v in r.pop("marks").items()}
+    return {"wall_s": wall, "marks_s": marks, **r}
+
+
+def phase_table(r: dict) -> dict:
+    """Seconds per phase from spawn: imports, load, tokenize (incl. the trainer's set-up), compile, train, save."""
+    m = r["marks_s"]
+    if "phases" in r:  # ours: train_sft timed its own phases
+        p = r["phases"]
+        return {"imports": m["imports"], "load": p["load_s"], "tokenize": p["prepare_s"], "compile": p["compile_s"],
+                "train": p["train_s"], "save": p["save_s"] + p.get("cache_store_s", 0.0) + p.get("hash_s", 0.0),
+                "exit": r["wall_s"] - m["save"], "other": m["save"] - m["imports"] - sum(
+                    p.get(k, 0.0) for k in ("load_s", "prepare_s", "compile_s", "train_s", "save_s", "cache_store_s",
+                                            "hash_s"))}
+    return {"imports": m["imports"], "load": m["load"] - m["imports"], "tokenize": m["tokenize"] - m["load"],
+            "compile": 0.0, "train": m["train"] - m["tokenize"], "save": m["save"] - m["train"],
+            "exit": r["wall_s"] - m["save"], "other": 0.0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prepare", type=Path, help="build the data file from this shared data folder and stop")
+    parser.add_argument("--model", choices=sorted(CONFIGS), default="1b")
+    parser.add_argument("--method", choices=["lora", "full"], default="lora")
+    parser.add_argument("--examples", type=int, nargs="+", default=[1000])
+    parser.add_argument("--runs", nargs="+", default=["peer", "auto={}"],
+                        help="'peer', or NAME=JSON overrides of our recipe (NAME@N: at N examples only); "
+                        "'_cache': 'fresh' gives that run an empty compile cache of its own, 'none' none")
+    parser.add_argument("--tokenizer", type=Path, default=ROOT / ".bench_assets/smollm2")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--worker", choices=["peer", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--cache-uri", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.prepare:
+        return prepare(args.prepare, args.tokenizer)
+    if args.worker:
+        spec = json.loads(args.spec)
+        out = Path(spec["out"])
+        r = (peer_worker(Path(spec["model"]), Path(spec["train"]), spec["method"], out, spec["overrides"])
+             if args.worker == "peer" else
+             ours_worker(Path(spec["model"]), Path(spec["train"]), spec["method"], out, spec["overrides"], args.cache_uri))
+        args.result.write_text(json.dumps(r))
+        return None
+
+    import torch
+
+    work = Path(tempfile.mkdtemp(prefix="bench-ttm-"))
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    started = time.time()
+    params = build_model_dir(args.model, args.tokenizer, work / "model")
+    print(f"built {args.model} ({params / 1e6:.0f}M params) in {time.time() - started:.0f} s on {gpu}", flush=True)
+    shared_cache = str(work / "compile-cache")  # stands in for the bucket: shared by every run below
+    report = {"model": args.model, "params": params, "method": args.method, "gpu": gpu, "torch": torch.__version__,
+              "command": " ".join(sys.argv), "sizes": {}}
+    for n in args.examples:
+        train = work / f"train-{n}.jsonl"
+        got = write_subset(train, n)
+        size = report["sizes"][str(n)] = {"examples": got, "runs": {}}
+        for i, run in enumerate(args.runs):
+            name, _, overrides = run.partition("=")
+            name, _, only = name.partition("@")  # NAME@N: only at N examples
+            if only and int(only) != n:
+                continue
+            overrides = json.loads(overrides or "{}")
+            cache = overrides.pop("_cache", "shared")
+            cache_uri = {"shared": shared_cache, "fresh": str(work / f"fresh-cache-{n}-{i}"), "none": None}[cache]
+            kind = "peer" if name.startswith("peer") else "ours"
+            spec = {"model": str(work / "model"), "train": str(train), "method": args.method,
+                    "out": str(work / f"out-{n}-{i}"), "overrides": overrides}
+            print(f"\n=== {n} examples: {name} {overrides} (cache {cache})", flush=True)
+            size["runs"][name] = {"overrides": overrides, "cache": cache, **run_worker(kind, spec, work, cache_uri)}
+            summarise(report, args.out)
+
+
+def summarise(report: dict, out: Path | None) -> None:
+    """Print each size's table, whole-run ratio first, then steady; write the JSON after every run."""
+    for n, size in report["sizes"].items():
+        runs = size["runs"]
+        peer = next((r for k, r in runs.items() if k.startswith("peer")), None)
+        print(f"\n{report['model']} {report['method']}, {size['examples']} examples, {report['gpu']}")
+        print(f"{'run':12} {'wall s':>7} {'x peer':>7} {'steady x':>8} {'steps':>5} {'peak GiB':>8}  phases (s)")
+        for name, r in runs.items():
+            if "failed" in r:
+                print(f"{name:12} failed: {r['failed']} after {r['wall_s']:.0f} s")
+                continue
+            r["phases_s"] = phase_table(r)
+            ok = peer and "failed" not in peer
+            ratio = peer["wall_s"] / r["wall_s"] if ok else float("nan")
+            steady = r["steady_steps_per_s"] / peer["steady_steps_per_s"] if ok else float("nan")
+            r["speedup_whole"], r["speedup_steady"] = ratio, steady
+            if ok and not name.startswith("peer"):
+                r["loss_gap"] = loss_gap(peer["losses"], r["losses"]) if r["steps"] == peer["steps"] else None
+            peak = f"{r['peak_gib']:.2f}" if r.get("peak_gib") is not None else "-"
+            phases = " ".join(f"{k} {v:.1f}" for k, v in r["phases_s"].items())
+            extra = ""
+            if "phases" in r:
+                extra = f" | compiled={r['phases']['compiled']} cache_hit={r['phases']['compile_cache_hit']}"
+            if r.get("loss_gap"):
+                extra += f" | loss gap mean {r['loss_gap']['mean_relative_gap']:.2%} max {r['loss_gap']['max_relative_gap']:.2%}"
+            print(f"{name:12} {r['wall_s']:>7.1f} {ratio:>6.2f}x {steady:>7.2f}x {r['steps']:>5} {peak:>8}  {phases}{extra}")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

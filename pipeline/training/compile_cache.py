@@ -1,0 +1,127 @@
+"""Compiled kernels that outlive the machine: PyTorch's compile artifacts (Inductor's FX graphs, AOTAutograd
+graphs, Triton kernels) saved after a run and loaded before the next one, through the bucket.
+
+A cold compile of the decoder blocks costs about a minute on a GPU, as much as a whole 1k-example LoRA run. The
+artifacts are valid only for the torch and transformers that built them, the GPU they were tuned on, the model's
+shape and what the recipe compiles, so those make the key; any other run starts from an empty cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pipeline.recipe import TrainingRecipe
+
+# recipe fields that change the compiled graph (LoRA settings are added for adapter methods)
+_GRAPH_FIELDS = ("method", "attn_implementation", "gradient_checkpointing", "packing", "padding_free")
+_NOT_SHAPE = ("_name_or_path", "transformers_version", "architectures")
+
+
+def cache_key(model_config: dict[str, Any], recipe: TrainingRecipe, device: str | None = None) -> str:
+    """`torch-<version>/<gpu>/<model type>-<hash>`: readable where it matters, hashed over everything else."""
+    import torch
+    import transformers
+
+    device = device or (torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
+    compiled = {f: getattr(recipe, f) for f in _GRAPH_FIELDS}
+    if recipe.method != "full":
+        compiled["lora"] = recipe.lora.model_dump()
+    parts = {"torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
+             "device": device, "model": {k: v for k, v in model_config.items() if k not in _NOT_SHAPE},
+             "recipe": compiled}
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return f"torch-{_slug(torch.__version__)}/{_slug(device)}/{_slug(str(model_config.get('model_type', 'model')))}-{digest}"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-").lower()
+
+
+class CompileCacheStore:
+    """One object per key under `uri`: an `s3://bucket/prefix` (credentials from the AWS environment) or a local
+    folder (the local bucket, or a shared volume)."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri.rstrip("/")
+
+    def _object(self, key: str) -> str:
+        return f"{key}.bin"
+
+    def _s3_target(self, key: str) -> tuple[str, str]:
+        bucket, _, prefix = self.uri[len("s3://"):].partition("/")
+        return bucket, f"{prefix}/{self._object(key)}".lstrip("/")
+
+    @property
+    def _remote(self) -> bool:
+        return self.uri.startswith("s3://")
+
+    def _s3(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+
+    def fetch(self, key: str) -> bytes | None:
+        """The stored artifacts for `key`, or None when there are none."""
+        if self._remote:
+            from botocore.exceptions import ClientError
+
+            bucket, name = self._s3_target(key)
+            try:
+                return self._s3().get_object(Bucket=bucket, Key=name)["Body"].read()
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NoSuchBucket"):
+                    return None
+                raise
+        path = Path(self.uri) / self._object(key)
+        return path.read_bytes() if path.is_file() else None
+
+    def put(self, key: str, data: bytes) -> str:
+        """Store `data` for `key` whole (a reader never sees half of it); returns where."""
+        if self._remote:
+            bucket, name = self._s3_target(key)
+            self._s3().put_object(Bucket=bucket, Key=name, Body=data)
+            return f"s3://{bucket}/{name}"
+        path = Path(self.uri) / self._object(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        return str(path)
+
+
+def persist_compile_cache(store: CompileCacheStore, key: str) -> tuple[int, str]:
+    """Save what this process compiled under `key`; (bytes stored, what happened)."""
+    import torch
+
+    try:
+        saved = torch.compiler.save_cache_artifacts()
+    except Exception as e:  # the weights matter, the cache does not: report and go on
+        return 0, f"compile cache not serialised ({type(e).__name__}: {str(e)[:120]})"
+    if not saved or not saved[0]:
+        return 0, "nothing compiled to cache"
+    try:
+        where = store.put(key, saved[0])
+    except Exception as e:  # the weights matter, the cache does not: report and go on
+        return 0, f"compile cache not stored ({type(e).__name__}: {str(e)[:120]})"
+    return len(saved[0]), f"stored compile cache at {where} ({len(saved[0]) / 2**20:.1f} MiB)"
+
+
+def compile_counters() -> dict[str, int]:
+    """Frames compiled and cache hits and misses so far in this process (Dynamo, AOTAutograd, Inductor)."""
+    from torch._dynamo.utils import compilation_time_metrics, counters
+
+    return {"frames_compiled": len(compilation_time_metrics.get("_compile.compile_inner", [])),
+            **{f"{k}": v for k, v in counters["aot_autograd"].items() if "cache" in k},
+            **{f"{k}": v for k, v in counters["inductor"].items() if "cache" in k}}
+
+
+def compile_seconds() -> float:
+    """Seconds this process has spent in torch.compile so far (tracing, graph compilation, kernel builds)."""
+    from torch._dynamo.utils import compilation_time_metrics
+
+    return float(sum(compilation_time_metrics.get("_compile.compile_inner", [])))

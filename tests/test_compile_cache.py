@@ -1,0 +1,169 @@
+"""Paying compilation once: the compile cache's key and round trip through the bucket, and the compile decision."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.recipe import COMPILE_MIN_TOKENS, COMPILE_MIN_TOKENS_CACHED, TrainingRecipe
+from pipeline.training.compile_cache import CompileCacheStore, cache_key, persist_compile_cache
+from pipeline.training.compile_plan import plan_compile
+from pipeline.training.compile_policy import decide_compile, expected_training_tokens
+
+LLAMA = {"model_type": "llama", "hidden_size": 2048, "num_hidden_layers": 16, "_name_or_path": "/models/a",
+         "transformers_version": "5.24.0"}
+
+
+def test_cache_key_follows_shape_and_compiled_recipe_not_the_model_path():
+    lora = TrainingRecipe()
+    key = cache_key(LLAMA, lora, device="NVIDIA H200")
+    assert key.startswith(f"torch-{torch.__version__}/nvidia-h200/llama-".lower())
+    assert cache_key({**LLAMA, "_name_or_path": "/elsewhere"}, lora, device="NVIDIA H200") == key
+    assert cache_key({**LLAMA, "hidden_size": 4096}, lora, device="NVIDIA H200") != key
+    assert cache_key(LLAMA, lora, device="NVIDIA H100 80GB HBM3") != key
+    assert cache_key(LLAMA, TrainingRecipe(lora={"r": 32}), device="NVIDIA H200") != key
+    assert cache_key(LLAMA, TrainingRecipe(method="full"), device="NVIDIA H200") != key
+    # what does not change the graph shares the cache
+    assert cache_key(LLAMA, TrainingRecipe(learning_rate=1e-5, seed=7), device="NVIDIA H200") == key
+
+
+def test_local_store_round_trip_is_whole_and_misses_cleanly(tmp_path):
+    store = CompileCacheStore(str(tmp_path / "cache"))
+    assert store.fetch("torch-2/gpu/llama-abc") is None
+    store.put("torch-2/gpu/llama-abc", b"first")
+    store.put("torch-2/gpu/llama-abc", b"second")
+    assert store.fetch("torch-2/gpu/llama-abc") == b"second"
+    assert [p.name for p in (tmp_path / "cache/torch-2/gpu").iterdir()] == ["llama-abc.bin"]  # no temp file left
+
+
+def test_s3_store_round_trip(monkeypatch):
+    import boto3
+    from moto import mock_aws
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        boto3.client("s3").create_bucket(Bucket="models")
+        store = CompileCacheStore("s3://models/compile-cache/")
+        assert store.fetch("k/llama-1") is None
+        assert store.put("k/llama-1", b"artifacts") == "s3://models/compile-cache/k/llama-1.bin"
+        assert store.fetch("k/llama-1") == b"artifacts"
+
+
+class FakeCompiler:
+    """Stands in for torch.compiler's artifact calls: compiling a real graph on CPU takes a minute here."""
+
+    def __init__(self, monkeypatch, produced: bytes = b"compiled kernels") -> None:
+        self.produced, self.loaded = produced, []
+        monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (self.produced, object()))
+        monkeypatch.setattr(torch.compiler, "load_cache_artifacts", self._load)
+
+    def _load(self, data: bytes):
+        if data == b"garbage":
+            raise ValueError("bad artifact")
+        self.loaded.append(data)
+        return object()
+
+
+def rows(n: int) -> list[dict]:
+    return [{"prompt": [{"role": "user", "content": f"summarise package {i}"}],
+             "completion": [{"role": "assistant", "content": "a tool"}]} for i in range(n)]
+
+
+def test_a_compile_is_stored_after_the_first_run_and_loaded_by_the_next(tiny_model_dir, tmp_path, monkeypatch):
+    compiler = FakeCompiler(monkeypatch)
+    recipe = TrainingRecipe(torch_compile=True)
+    messages = []
+    report = lambda m, x: messages.append(m)  # noqa: E731
+    uri = str(tmp_path / "bucket/compile-cache")
+
+    first = plan_compile(tiny_model_dir, recipe, rows(4), None, uri, report)
+    first.restore(report)
+    assert first.decision.compile and not first.loaded and compiler.loaded == []
+    assert "cache_store_s" in first.persist(report)
+    assert first.cache_bytes_stored == len(b"compiled kernels")
+
+    second = plan_compile(tiny_model_dir, recipe, rows(4), None, uri, report)
+    assert second.key == first.key and second.decision.cached
+    second.restore(report)
+    assert second.loaded and compiler.loaded == [b"compiled kernels"]
+    assert second.persist(report) == {}  # a cache hit is not written back
+    assert second.summary()["compile_cache_hit"] is True
+    assert any(m.startswith("loaded compile cache") for m in messages)
+
+
+def test_an_unreadable_cache_means_a_compile_from_scratch(tiny_model_dir, tmp_path, monkeypatch):
+    compiler = FakeCompiler(monkeypatch)
+    recipe = TrainingRecipe(torch_compile=True)
+    uri = str(tmp_path / "cache")
+    key = plan_compile(tiny_model_dir, recipe, rows(4), None, uri, lambda m, x: None).key
+    CompileCacheStore(uri).put(key, b"garbage")
+    messages = []
+    plan = plan_compile(tiny_model_dir, recipe, rows(4), None, uri, lambda m, x: messages.append(m))
+    plan.restore(lambda m, x: messages.append(m))
+    assert not plan.loaded and "unreadable" in messages[-1]
+    plan.persist(lambda m, x: None)  # the fresh compile replaces the broken one
+    assert CompileCacheStore(uri).fetch(key) == compiler.produced
+
+
+def test_persist_reports_a_store_it_cannot_write_and_goes_on(tmp_path, monkeypatch):
+    FakeCompiler(monkeypatch)
+    (tmp_path / "file").write_text("not a folder")
+    stored, message = persist_compile_cache(CompileCacheStore(str(tmp_path / "file")), "k")
+    assert stored == 0 and message.startswith("compile cache not stored")
+
+
+@pytest.mark.parametrize("setting", [True, False])
+def test_an_explicit_setting_is_obeyed(setting):
+    decision = decide_compile(TrainingRecipe(torch_compile=setting), 10**9 if not setting else 0, False, True)
+    assert decision.compile is setting
+
+
+def test_auto_compiles_on_a_gpu_only_when_the_tokens_pay_the_compile_back():
+    auto = TrainingRecipe(torch_compile="auto")
+    assert COMPILE_MIN_TOKENS_CACHED < COMPILE_MIN_TOKENS
+    assert not decide_compile(auto, COMPILE_MIN_TOKENS - 1, cached=False, on_gpu=True).compile
+    assert decide_compile(auto, COMPILE_MIN_TOKENS, cached=False, on_gpu=True).compile
+    # a cached compile is cheaper, so smaller jobs pay it back
+    between = (COMPILE_MIN_TOKENS + COMPILE_MIN_TOKENS_CACHED) // 2
+    assert decide_compile(auto, between, cached=True, on_gpu=True).compile
+    assert not decide_compile(auto, between, cached=False, on_gpu=True).compile
+    assert not decide_compile(auto, 10**12, cached=True, on_gpu=False).compile  # never on a CPU
+    tuned = TrainingRecipe(torch_compile="auto", compile_min_tokens=100)
+    assert decide_compile(tuned, 100, cached=False, on_gpu=True).compile
+
+
+def test_auto_is_the_default_and_yaml_spellings_parse():
+    assert TrainingRecipe().torch_compile == "auto"
+    assert TrainingRecipe.model_validate({"torch_compile": True}).torch_compile is True
+    with pytest.raises(ValueError):
+        TrainingRecipe.model_validate({"torch_compile": "sometimes"})
+
+
+def test_expected_tokens_count_the_templated_rows_and_stop_at_max_steps(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    data = rows(40)
+    exact = sum(len(tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=True,
+                                                  return_dict=True)["input_ids"]) for r in data)
+    assert expected_training_tokens(data, tokenizer, TrainingRecipe(epochs=2)) == pytest.approx(2 * exact, rel=1e-6)
+    capped = expected_training_tokens(data, tokenizer, TrainingRecipe(max_steps=2, batch_size=4, packing=False))
+    assert capped == int(exact * 8 / 40)
+    assert expected_training_tokens([], tokenizer, TrainingRecipe()) == 0
+
+
+def test_training_reports_its_phases_and_decision(tiny_model_dir, tmp_path):
+    from pipeline.training.sft import train_sft
+    from tests.test_training import canonical_train_file, training
+
+    recipe = training(tiny_model_dir, max_steps=1, batch_size=4, torch_compile="auto", merge_adapter=False)
+    result = train_sft(canonical_train_file(tmp_path, 8), tiny_model_dir, tmp_path / "out", recipe, lambda m, x: None,
+                       compile_cache_uri=str(tmp_path / "cache"))
+    phases = result.phases
+    assert {"load_s", "prepare_s", "compile_s", "train_s", "save_s", "hash_s"} <= set(phases)
+    assert all(phases[k] >= 0 for k in ("load_s", "prepare_s", "train_s", "save_s"))
+    assert phases["compiled"] is False and "no GPU" in phases["compile_reason"]
+    assert not Path(tmp_path / "cache").exists()  # nothing compiled, nothing stored
+    json.dumps(result.to_dict())  # result.json stays serialisable
