@@ -254,31 +254,33 @@ def _complete(server: Server, alias: str, event_id: str, args: tuple) -> JSONRes
 
 
 def _stream(server: Server, alias: str, event_id: str, chat: ChatRequest, args: tuple) -> StreamingResponse:
-    """Server-sent events in OpenAI's chunk format; the version is fixed (leased) before the first byte."""
-    lease_cm = server.pool.lease(alias)
-    lease = lease_cm.__enter__()
-    model = _served(server, alias, lease.version)
-    base = {"id": f"chatcmpl-{event_id}", "object": "chat.completion.chunk", "created": int(time.time()),
-            "model": server.model_name, "served_by": model}
+    """Server-sent events in OpenAI's chunk format. The generator is started here, so it holds its lease before the
+    first byte (the headers name that version) and a client that leaves early still closes it (and the lease)."""
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-        return f"data: {json.dumps({**base, 'choices': [{'index': 0, 'delta': delta, 'finish_reason': finish}]})}\n\n"
+    def body() -> Iterator[Any]:
+        with server.pool.lease(alias) as lease:
+            model = _served(server, alias, lease.version)
+            yield model
+            base = {"id": f"chatcmpl-{event_id}", "object": "chat.completion.chunk", "created": int(time.time()),
+                    "model": server.model_name, "served_by": model}
 
-    def body() -> Iterator[str]:
-        started = time.perf_counter()
-        try:
-            yield chunk({"role": "assistant", "content": ""})
-            for piece in server.pool.stream(lease, *args):
-                if isinstance(piece, Generated):
-                    _record(server, event_id, model, args, piece, started)
-                    yield chunk({}, piece.finish_reason)
-                else:
-                    yield chunk({"content": piece})
-            yield "data: [DONE]\n\n"
-        except Exception:
-            log.exception("streamed completion failed")
-            yield f"data: {json.dumps({'error': {'message': 'internal error', 'type': 'server_error'}})}\n\n"
-        finally:
-            lease_cm.__exit__(None, None, None)
+            def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+                return f"data: {json.dumps({**base, 'choices': [{'index': 0, 'delta': delta, 'finish_reason': finish}]})}\n\n"
 
-    return StreamingResponse(body(), media_type="text/event-stream", headers=_headers(model))
+            started = time.perf_counter()
+            try:
+                yield chunk({"role": "assistant", "content": ""})
+                for piece in server.pool.stream(lease, *args):
+                    if isinstance(piece, Generated):
+                        _record(server, event_id, model, args, piece, started)
+                        yield chunk({}, piece.finish_reason)
+                    else:
+                        yield chunk({"content": piece})
+                yield "data: [DONE]\n\n"
+            except Exception:
+                log.exception("streamed completion failed")
+                yield f"data: {json.dumps({'error': {'message': 'internal error', 'type': 'server_error'}})}\n\n"
+
+    events_out = body()
+    model = next(events_out)
+    return StreamingResponse(events_out, media_type="text/event-stream", headers=_headers(model))
