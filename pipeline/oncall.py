@@ -106,12 +106,26 @@ def status(args: argparse.Namespace) -> int:
     try:
         with urllib.request.urlopen(f"{url}/healthz", timeout=3) as response:
             print(f"  server {url}: {json.loads(response.read())}")
+        with urllib.request.urlopen(f"{url}/metrics", timeout=3) as response:
+            print(f"    completions since start: {served_counts(response.read().decode())}")
     except OSError:
         print(f"  server {url}: not reachable")
     history = registry.alias_history(name)[-5:]
     for move in history:
         print(f"  {move['at']}  {move['alias']} {move['action']} v{move['version']} by {move['by']}: {move['reason']}")
     return 0
+
+
+def served_counts(metrics_text: str) -> dict[str, int]:
+    """`alias vVERSION` -> completions served, from the server's Prometheus text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == "llm_completions_total":
+                counts[f"{sample.labels['alias']} v{sample.labels['version']}"] = int(sample.value)
+    return counts
 
 
 def add_commands(sub) -> None:

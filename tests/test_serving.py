@@ -150,6 +150,9 @@ def test_health_models_and_metrics_say_what_is_live(live):
     assert 'llm_live_version{alias="champion",version="1"} 1.0' in metrics
     assert re.search(r'llm_http_requests_total\{route="/v1/chat/completions",status="200"\} \d', metrics)
     assert "llm_http_request_latency_seconds_bucket" in metrics
+    from pipeline.oncall import served_counts
+
+    assert served_counts(metrics)["canary v2"] >= 1  # what `python -m pipeline status` prints per live version
 
 
 def test_canary_share_holds_over_hundreds_of_requests_and_each_user_sticks(live):
