@@ -5,6 +5,7 @@ from collections import Counter, defaultdict
 
 import dagster as dg
 
+from assets.feedback import FEEDBACK_WINDOW
 from assets.metadata import counts_table, preview, table
 from pipeline.curation.pii_audit import audit_text
 from pipeline.curation.records import dataset_version
@@ -16,20 +17,23 @@ from resources import RecipeResource
 @dg.asset(
     group_name="curation",
     kinds={"python", "jsonl"},
+    ins={"feedback_window": FEEDBACK_WINDOW},
     description="Seed examples with PII and secrets replaced by typed placeholders (<EMAIL>, <AWS_ACCESS_KEY>, ...), "
     "quality filters (repetition, garbage characters, prompt echoes, token-length bounds in the base model's tokenizer), "
     "exact duplicates (case- and whitespace-insensitive) and MinHash near-duplicates removed, first occurrence kept.",
 )
 def deduped_examples(context: dg.AssetExecutionContext, seed_examples: list, quarantined_examples: list,
-                     base_model: dict, recipe: RecipeResource) -> dg.Output[list]:
+                     base_model: dict, recipe: RecipeResource, feedback_window: dict | None) -> dg.Output[list]:
     from transformers import AutoTokenizer
 
     data = recipe.load().data
     count_tokens = token_counter(AutoTokenizer.from_pretrained(base_model["path"]))
-    records, reports = run_steps(seed_examples, curation_steps(data, count_tokens))
+    feedback = feedback_window["sft"] if feedback_window else []  # after the seeds: a copy of a seed is the one dropped
+    records, reports = run_steps(seed_examples + feedback, curation_steps(data, count_tokens))
     # the books start at the raw lines: what the read quarantined is the first row
     quarantined = Counter(q["reason"] for q in quarantined_examples)
-    steps = [{"step": "read_and_normalise", "in": len(seed_examples) + sum(quarantined.values()), "kept": len(seed_examples),
+    steps = [{"step": "read_and_normalise", "in": len(seed_examples) + len(feedback) + sum(quarantined.values()),
+              "kept": len(seed_examples) + len(feedback),
               "quarantined": sum(quarantined.values()), "dropped": 0, "seconds": 0.0,
               "reasons": ", ".join(f"{k}={v}" for k, v in quarantined.most_common()) or "-"}]
     steps += [{"step": r.name, "in": r.records_in, "kept": r.kept, "quarantined": 0, "dropped": sum(r.dropped.values()),
@@ -50,9 +54,13 @@ def deduped_examples(context: dg.AssetExecutionContext, seed_examples: list, qua
         records,
         data_version=dg.DataVersion(dataset_version(records)),
         metadata={
-            "records_in": len(seed_examples),
+            "records_in": len(seed_examples) + len(feedback),
             "records": len(records),
-            "dropped": len(seed_examples) - len(records),
+            "dropped": len(seed_examples) + len(feedback) - len(records),
+            "feedback_in": len(feedback),
+            "feedback_kept": sum(1 for r in records if r["source"] == "feedback"),
+            "feedback_window": (f"{feedback_window['days'][0]}..{feedback_window['end']} ({feedback_window['version'][:12]})"
+                                if feedback_window else "none built: seed data only"),
             "steps": table(steps),
             "scrubbed_by_type": counts_table(scrubbed, key="type"),
             "records_scrubbed": sum(1 for r in records if r["meta"].get("scrubbed")),

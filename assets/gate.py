@@ -46,9 +46,13 @@ def gate_decision(context: dg.AssetExecutionContext, eval_report: dict) -> GateD
     executions = instance.event_log_storage.get_latest_asset_check_execution_by_key(check_keys)
     outcomes = []
     for key in check_keys:
-        evaluation = _evaluation(executions.get(key))
+        record = executions.get(key)
+        evaluation = _evaluation(record)
         target = evaluation.target_materialization_data if evaluation else None
-        if evaluation is None or target is None or target.storage_id != latest.storage_id:
+        # In a partitioned run (retraining: the feedback window's partition) Dagster leaves the target of a check
+        # on an unpartitioned asset empty; the evaluation then belongs to the materialization of its own run.
+        same_run = target is None and record is not None and record.run_id == latest.run_id
+        if evaluation is None or not (same_run or (target is not None and target.storage_id == latest.storage_id)):
             outcomes.append(CheckOutcome(key.name, NOT_EVALUATED, "no evaluation of this check on this eval_report"))
         else:
             outcomes.append(CheckOutcome(key.name, PASSED if evaluation.passed else FAILED, evaluation.description or ""))

@@ -8,18 +8,10 @@ import dagster as dg
 
 from assets.gate import gate_decision
 from pipeline.evaluation.gate import PromotionRefused
-from pipeline.lineage import code_version
+from assets.feedback import FEEDBACK_WINDOW
+from pipeline.lineage import code_version, data_lineage_tags
 from resources import ModelRegistry, RecipeResource
 from resources.mlflow_registry import CANARY, CHALLENGER, CHAMPION
-
-UPSTREAM_DATA = ["seed_examples", "quarantined_examples", "deduped_examples"]
-
-
-def _latest_data_version(context: dg.AssetExecutionContext, asset: str) -> str:
-    event = context.instance.get_latest_materialization_event(dg.AssetKey(asset))
-    if event is None or event.asset_materialization is None:
-        return "unknown"
-    return event.asset_materialization.tags.get("dagster/data_version", "unknown")
 
 
 @dg.asset(
@@ -31,6 +23,7 @@ def _latest_data_version(context: dg.AssetExecutionContext, asset: str) -> str:
     "first model ever, otherwise `canary`: it goes live beside the champion and the canary decision sensor promotes "
     "or rolls it back on live feedback. Refuses, in any run, a candidate whose blocking "
     "eval_report checks did not all pass on the very eval_report it is handed.",
+    ins={"feedback_window": FEEDBACK_WINDOW},
 )
 def registry_entry(
     context: dg.AssetExecutionContext,
@@ -39,6 +32,10 @@ def registry_entry(
     base_model: dict,
     recipe: RecipeResource,
     registry: ModelRegistry,
+    seed_examples: list,
+    quarantined_examples: list,
+    deduped_examples: list,
+    feedback_window: dict | None,
 ) -> dg.Output[dict]:
     settings = recipe.load()
     decision = gate_decision(context, eval_report)
@@ -55,7 +52,8 @@ def registry_entry(
         "base_model.source": base_model["source"],
         "base_model.source_sha256": base_model["source_sha256"],
         "base_model.sha256": base_model["sha256"],
-        **{f"data.{a}": _latest_data_version(context, a) for a in UPSTREAM_DATA},
+        **data_lineage_tags({"seed_examples": seed_examples, "quarantined_examples": quarantined_examples,
+                             "deduped_examples": deduped_examples}, feedback_window),
         "data.train_split": candidate["train_split_version"],
         "data.heldout_split": eval_report["heldout_split_version"],
         "data.sources": ",".join(s.path for s in settings.data.sources),

@@ -10,6 +10,7 @@ from pipeline.curation.records import dataset_version, sha256_json
 from pipeline.curation.split import grouped_split, leaked_heldout, time_split
 from pipeline.curation.steps import read_golden
 from pipeline.curation.token_stats import histogram_markdown, length_summary, token_lengths
+from pipeline.feedback.window import heldout_from_latest, is_feedback, seeds_and_feedback_split
 from resources import RecipeResource
 
 
@@ -24,9 +25,13 @@ from resources import RecipeResource
     },
 )
 def splits(context: dg.AssetExecutionContext, deduped_examples: list, recipe: RecipeResource):
-    data = recipe.load().data
+    settings = recipe.load()
+    data = settings.data
     golden = read_golden(data)
-    if data.split_by == "time":
+    if any(is_feedback(r) for r in deduped_examples):  # seeds by group, feedback by time: the latest days held out
+        split = seeds_and_feedback_split(deduped_examples, data, heldout_from_latest(deduped_examples, settings.feedback.heldout_days),
+                                         golden=golden)
+    elif data.split_by == "time":
         split = time_split(deduped_examples, data.time_key, data.heldout_from, near_dup=data.near_dup, golden=golden)
     else:
         split = grouped_split(deduped_examples, data.heldout_fraction, data.heldout_max_examples, data.seed,

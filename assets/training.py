@@ -7,7 +7,10 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.feedback import FEEDBACK_WINDOW
 from assets.metadata import table
+from pipeline.curation.steps import read_golden
+from pipeline.feedback.window import feedback_dpo_rows
 from pipeline.curation.records import dataset_version
 from pipeline.paths import resolve
 from pipeline.training.monitoring import loss_curve_png
@@ -47,6 +50,22 @@ def training_metadata(result: dict, registry: ModelRegistry) -> dict:
     if link:
         metadata["mlflow_run"] = dg.MetadataValue.url(link)
     return metadata
+
+
+def preference_file(settings, feedback_window: dict | None, heldout_split: list, workdir: Path) -> tuple[Path, dict]:
+    """The seed preference pairs, plus the feedback window's curated pairs (decontaminated against held-out and
+    golden examples, copies of seed pairs dropped) when a window was built; returns the file and its books."""
+    seed_path = resolve(settings.dpo.preferences_path)
+    if not feedback_window:
+        return seed_path, {"feedback_pairs": 0}
+    seed_rows = [json.loads(line) for line in seed_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows, dropped = feedback_dpo_rows(feedback_window["pairs"], seed_rows, heldout_split, read_golden(settings.data),
+                                      settings.data.near_dup)
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "preferences.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in seed_rows + rows), encoding="utf-8")
+    return path, {"seed_pairs": len(seed_rows), "feedback_pairs_in": len(feedback_window["pairs"]),
+                  "feedback_pairs": len(rows), "feedback_pairs_dropped": table([{"reason": k, "count": v} for k, v in dropped.items()])}
 
 
 def _launch(context: dg.AssetExecutionContext, stage: str, spec: dict, workdir: Path, bucket: Bucket,
@@ -122,6 +141,7 @@ def sft_checkpoint(
     "outside the held-out split, starting from the SFT model with the SFT model as reference; otherwise the SFT "
     "checkpoint itself, passed through with `dpo_skipped` in its metadata.",
     retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
+    ins={"feedback_window": FEEDBACK_WINDOW},
 )
 def dpo_checkpoint(
     context: dg.AssetExecutionContext,
@@ -132,6 +152,7 @@ def dpo_checkpoint(
     bucket: Bucket,
     launcher: TrainingLauncher,
     registry: ModelRegistry,
+    feedback_window: dict | None,
 ) -> dg.Output[dict]:
     settings = recipe.load()
     if not settings.dpo.enabled:
@@ -139,9 +160,10 @@ def dpo_checkpoint(
                          metadata={"dpo_skipped": True, "stage": "sft (dpo.enabled is false)",
                                    "weights_sha256": sft_checkpoint["weights_sha256"]})
     workdir = bucket.local_path(f"runs/{context.run_id}/dpo")
+    preferences, feedback_books = preference_file(settings, feedback_window, heldout_split, workdir)
     spec = {
         "stage": "dpo",
-        "train_path": str(resolve(settings.dpo.preferences_path)),
+        "train_path": str(preferences),
         "base_path": base_model["path"],
         "output_dir": str(workdir),
         "training": settings.training.model_dump(),
@@ -160,5 +182,5 @@ def dpo_checkpoint(
     result = _launch(context, "dpo", spec, workdir, bucket, launcher)
     result.update(dpo_skipped=False, train_split_version=sft_checkpoint["train_split_version"],
                   sft_weights_sha256=sft_checkpoint["weights_sha256"])
-    metadata = {"stage": "dpo", "dpo_skipped": False, **training_metadata(result, registry)}
+    metadata = {"stage": "dpo", "dpo_skipped": False, **feedback_books, **training_metadata(result, registry)}
     return dg.Output(result, data_version=dg.DataVersion(result["weights_sha256"]), metadata=metadata)

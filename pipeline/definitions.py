@@ -11,8 +11,10 @@ import os
 import dagster as dg
 
 from assets import curation, deployment, evaluation, model, registry, sources, split, training
-from assets.canary import canary_decision_sensor
-from pipeline.paths import store_root
+from assets.automation import build_automation
+from assets.feedback import build_feedback_assets, feedback_partitions
+from pipeline.paths import resolve, store_root
+from pipeline.recipe import FeedbackRecipe, Recipe
 from resources import Bucket, BucketJsonIOManager, ModelRegistry, RecipeResource, TrainingLauncher
 
 GPU_RUN_TAG = "pipeline/gpu"  # runs that train; the QueuedRunCoordinator's tag limit counts them
@@ -46,13 +48,27 @@ def prod_resources() -> dict:
 
 RESOURCES_BY_DEPLOYMENT = {"local": local_resources, "prod": prod_resources}
 
-all_assets = dg.load_assets_from_modules(STAGE_MODULES)
+
+def feedback_settings() -> FeedbackRecipe:
+    """The recipe's feedback section, read when the code location loads: partitions and mappings are part of the graph."""
+    return Recipe.from_yaml(resolve(os.environ.get("PIPELINE_RECIPE", "recipes/default.yaml"))).feedback
+
+
+def feedback_graph(feedback: FeedbackRecipe) -> tuple[list, dict]:
+    """The feedback assets and every trigger (jobs, sensor, schedule) built from one feedback section."""
+    assets = build_feedback_assets(feedback)
+    return assets, build_automation(feedback, feedback_partitions(feedback), assets, retrain_tags={GPU_RUN_TAG: "true"})
+
+
+feedback_assets, automation = feedback_graph(feedback_settings())
+all_assets = [*dg.load_assets_from_modules(STAGE_MODULES), *feedback_assets]
 all_checks = dg.load_asset_checks_from_modules(STAGE_MODULES)
 
 finetune_job = dg.define_asset_job(
     "finetune",
-    selection=dg.AssetSelection.all(),
-    description="Raw examples to a gated, registered model: the whole graph.",
+    selection=dg.AssetSelection.all() - dg.AssetSelection.groups("feedback"),
+    description="Raw examples to a gated, registered model: the whole graph on the seed data (plus the last feedback "
+    "window, if one was built; the retraining job builds it).",
     tags={GPU_RUN_TAG: "true"},  # deploy/dagster.yaml limits how many of these run at once
 )
 
@@ -64,10 +80,19 @@ def build_definitions(deployment: str | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=all_assets,
         asset_checks=all_checks,
-        jobs=[finetune_job],
-        sensors=[canary_decision_sensor],
+        jobs=[finetune_job, *automation["jobs"]],
+        sensors=automation["sensors"],
+        schedules=automation["schedules"],
         resources=RESOURCES_BY_DEPLOYMENT[deployment](),
     )
+
+
+def definitions_with(feedback: FeedbackRecipe, resources: dict) -> dg.Definitions:
+    """The same graph with another feedback section and resources (tests, the feedback demo)."""
+    assets, triggers = feedback_graph(feedback)
+    return dg.Definitions(assets=[*dg.load_assets_from_modules(STAGE_MODULES), *assets], asset_checks=all_checks,
+                          jobs=[finetune_job, *triggers["jobs"]], sensors=triggers["sensors"],
+                          schedules=triggers["schedules"], resources=resources)
 
 
 defs = build_definitions()

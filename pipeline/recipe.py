@@ -291,6 +291,29 @@ class ServingRecipe(_Section):
     deployment: DeploymentRecipe = Field(default_factory=DeploymentRecipe)
 
 
+class FeedbackRecipe(_Section):
+    """The production feedback loop: daily partitions of the bucket's `feedback/`, the training window and triggers."""
+
+    start_date: str = Field("2026-11-01", description="First day (YYYY-MM-DD) of the `feedback_events` daily partitions.")
+    timezone: str = Field("UTC", description="Timezone of the daily partitions (the bucket's `dt=` folders are UTC days).")
+    end_date: str | None = Field(None, description="Pin the last partition (YYYY-MM-DD, inclusive); None: today, so "
+                                 "today's partial day can be read as it fills.")
+    window_days: int = Field(30, gt=0, description="Feedback days (ending at the last partition) that retraining adds "
+                             "to the seed data, through a TimeWindowPartitionMapping.")
+    heldout_days: int = Field(1, ge=0, description="The latest days of the window whose examples are held out for "
+                              "evaluation (time split); 0 holds out no feedback.")
+    join_lookback_days: int = Field(1, ge=0, description="Earlier days searched for the interaction a `feedback` event "
+                                    "refers to (a rating given after midnight lands in the next day).")
+    min_new_examples: int = Field(50, ge=1, description="Curated feedback examples (SFT examples + preference pairs) "
+                                  "new since the champion's data that make the sensor request a retraining.")
+    cron: str = Field("0 2 * * *", description="Cron of the `nightly_retraining` schedule.")
+    cron_timezone: str = Field("UTC", description="Timezone the cron is read in.")
+    max_quarantine_share: float = Field(0.2, ge=0, le=1, description="Fail a day's read when more than this share of "
+                                        "its lines is malformed (the quarantine is kept for inspection).")
+    max_pair_turns: int = Field(1, ge=1, description="User turns a preference pair's prompt may have (the DPO stage "
+                                "takes a one-turn prompt); longer conversations still give SFT examples.")
+
+
 class Recipe(_Section):
     name: str = Field("debian-summaries-smollm2-lora", description="Recipe name, recorded in lineage.")
     data: DataRecipe = Field(default_factory=DataRecipe)
@@ -301,6 +324,7 @@ class Recipe(_Section):
     gate: GateRecipe = Field(default_factory=GateRecipe)
     registry: RegistryRecipe = Field(default_factory=RegistryRecipe)
     serving: ServingRecipe = Field(default_factory=ServingRecipe, description="Serving, canary decision and deployment.")
+    feedback: FeedbackRecipe = Field(default_factory=FeedbackRecipe, description="Feedback partitions, window and triggers.")
 
     @model_validator(mode="after")
     def _time_split_has_a_start(self) -> "Recipe":

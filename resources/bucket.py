@@ -17,6 +17,7 @@ class Bucket(dg.ConfigurableResource):
     root: str = "./.store"
     endpoint_url: str | None = None  # S3-compatible stores (MinIO, Ceph); credentials come from the AWS environment
     cache_dir: str = "~/.cache/llm-pipeline"  # local copies of remote objects that need a file path (models)
+    max_attempts: int = 8  # per S3 request, the first included: boto3's `standard` retries (throttling, 5xx, dropped connections), with backoff
 
     _client = PrivateAttr(default=None)
 
@@ -31,8 +32,10 @@ class Bucket(dg.ConfigurableResource):
     def _s3(self):
         if self._client is None:
             import boto3
+            from botocore.config import Config
 
-            self._client = boto3.client("s3", endpoint_url=self.endpoint_url)
+            retries = Config(retries={"mode": "standard", "total_max_attempts": self.max_attempts}, connect_timeout=10, read_timeout=60)
+            self._client = boto3.client("s3", endpoint_url=self.endpoint_url, config=retries)
         return self._client
 
     def uri(self, key: str) -> str:

@@ -14,9 +14,11 @@ class BucketJsonIOManager(dg.ConfigurableIOManager):
     bucket: dg.ResourceDependency[Bucket]
     prefix: str = "assets"
 
-    def _key(self, context: dg.OutputContext | dg.InputContext) -> str:
+    def _key(self, context: dg.OutputContext | dg.InputContext, partition: str | None = None) -> str:
         parts = list(context.asset_key.path)
-        if context.has_asset_partitions:
+        if partition is not None:
+            parts.append(partition)
+        elif context.has_asset_partitions:
             parts.append(context.asset_partition_key)
         return "/".join([self.prefix, *parts])
 
@@ -32,7 +34,19 @@ class BucketJsonIOManager(dg.ConfigurableIOManager):
         context.add_output_metadata({"stored_at": dg.MetadataValue.path(uri)})
 
     def load_input(self, context: dg.InputContext):
-        key = self._key(context)
+        if (context.definition_metadata or {}).get("by_partition"):
+            # a window of partitions: {partition: value} for those stored, the missing ones left for the asset to report
+            found = {}
+            for partition in context.asset_partition_keys:
+                key = self._key(context, partition)
+                if self.bucket.exists(key + ".json") or self.bucket.exists(key + ".jsonl"):
+                    found[partition] = self._read(key)
+            return found
+        if (context.definition_metadata or {}).get("optional") and not self.bucket.exists(self._key(context) + ".json"):
+            return None  # declared optional by the consumer, which says so in its metadata
+        return self._read(self._key(context))
+
+    def _read(self, key: str):
         if self.bucket.exists(key + ".jsonl"):
             return [json.loads(line) for line in self.bucket.read_bytes(key + ".jsonl").decode().splitlines() if line]
         return json.loads(self.bucket.read_bytes(key + ".json"))
