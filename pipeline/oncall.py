@@ -14,6 +14,17 @@ import urllib.request
 from pipeline.serving import canary as live_canary
 
 
+def _refusals() -> tuple[type[Exception], ...]:
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.evaluation.gate import PromotionRefused
+
+    return (PromotionRefused, ValueError, MlflowException)
+
+
+REFUSALS = _refusals()  # an ungated or unknown version, nothing to roll back: a message, not a trace
+
+
 def _context():
     from pipeline.definitions import defs
 
@@ -61,7 +72,11 @@ def promote(args: argparse.Namespace) -> int:
     registry, _, recipe = _context()
     name = recipe.registry.model_name
     reason = args.reason or f"manual promotion to {args.to}"
-    moves = live_canary.promote(registry, name, args.version, args.to, actor=_actor(), reason=reason)
+    try:
+        moves = live_canary.promote(registry, name, args.version, args.to, actor=_actor(), reason=reason)
+    except REFUSALS as error:
+        print(f"promote: {getattr(error, 'message', None) or error}", file=sys.stderr)
+        return 2
     _report("promote", name, reason, moves)
     for move in moves:
         print(f"{move['alias']}: {move['action']} v{move['version']} (was v{move['previous'] or '-'}) by {move['by']}: {move['reason']}")
@@ -73,7 +88,7 @@ def rollback(args: argparse.Namespace) -> int:
     name = recipe.registry.model_name
     try:
         moves = live_canary.rollback(registry, name, actor=_actor(), reason=args.reason, champion_too=args.champion)
-    except ValueError as error:
+    except REFUSALS as error:
         print(f"rollback: {error}", file=sys.stderr)
         return 2
     _report("rollback", name, args.reason, moves)

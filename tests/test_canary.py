@@ -114,8 +114,10 @@ def test_on_call_promote_rollback_and_status(world, monkeypatch, tmp_path, capsy
     monkeypatch.setattr(oncall, "_context", lambda: (registry, bucket, recipe.load()))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     (tmp_path / "dagster_home").mkdir()
-    with pytest.raises(Exception, match="no passed evaluation gate|refused"):
-        oncall.promote(argparse.Namespace(version="3", to="champion", reason=None))
+    assert oncall.promote(argparse.Namespace(version="3", to="champion", reason=None)) == 2  # v3 failed its gate
+    assert "no passed evaluation gate" in capsys.readouterr().err
+    assert oncall.promote(argparse.Namespace(version="9", to="canary", reason=None)) == 2
+    assert "not found" in capsys.readouterr().err
     assert oncall.promote(argparse.Namespace(version="2", to="champion", reason="looks good")) == 0
     assert aliases(registry) == {"champion": "2", "canary": None}
     assert oncall.rollback(argparse.Namespace(reason="pager at 3am", champion=False)) == 0
