@@ -29,6 +29,14 @@ from pipeline.paths import store_root  # noqa: E402
 MODEL = "debian-package-summarizer"
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def prompts(n: int) -> list[list[dict[str, str]]]:
     """Real user turns from the demo sample (Debian package descriptions to summarise)."""
     found = []
@@ -166,7 +174,6 @@ def main() -> int:
     from pipeline.models.base_model import import_base_model
     from pipeline.recipe import BaseModelRecipe
     from resources import ModelRegistry
-    from tests.serving_helpers import free_port
 
     torch.set_num_threads(args.threads)
     base = Path(import_base_model(BaseModelRecipe(), Path(store_root()) / "models").path)
