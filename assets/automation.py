@@ -6,6 +6,8 @@
 - `feedback_bucket_sensor`: a cursor over `feedback/` (each day's keys and ETags/mtimes as a digest) asks for an
   ingest run per new or changed day, and a retraining when enough curated examples are new since the champion's data.
 - `nightly_retraining`: cron and timezone from the recipe; skips, saying why, when nothing is new.
+- `canary_decision` (assets/canary.py): promotes the live canary, rolls it back or waits, on the live feedback
+  since it started.
 """
 
 
@@ -14,6 +16,7 @@ import json
 
 import dagster as dg
 
+from assets.canary import canary_decision_sensor
 from pipeline.feedback.layout import PREFIX, days_between, shift_day
 from pipeline.feedback.trigger import changed_days, new_examples_since
 from pipeline.lineage import trained_feedback
@@ -131,7 +134,8 @@ def build_automation(feedback: FeedbackRecipe, partitions: dg.PartitionsDefiniti
         request, reason = retraining_decision(context.instance, registry, recipe, last_day(), threshold=1)
         return request if request is not None else dg.SkipReason(reason)
 
-    return {"jobs": [ingest, retrain], "sensors": [feedback_bucket_sensor], "schedules": [nightly_retraining]}
+    return {"jobs": [ingest, retrain], "sensors": [feedback_bucket_sensor, canary_decision_sensor],
+            "schedules": [nightly_retraining]}
 
 
 def backfill(defs: dg.Definitions, instance: dg.DagsterInstance, first: str, last: str,

@@ -9,11 +9,10 @@ import dagster as dg
 from assets.evaluation import log_evaluation_artifacts
 from assets.gate import gate_decision
 from pipeline.evaluation.gate import PromotionRefused
-from pipeline.evaluation.report import beats_champion
 from assets.feedback import FEEDBACK_WINDOW
 from pipeline.lineage import code_version, data_lineage_tags
 from resources import ModelRegistry, RecipeResource
-from resources.mlflow_registry import CHALLENGER, CHAMPION
+from resources.mlflow_registry import CANARY, CHALLENGER, CHAMPION
 
 
 @dg.asset(
@@ -21,8 +20,9 @@ from resources.mlflow_registry import CHALLENGER, CHAMPION
     kinds={"mlflow"},
     description="A new MLflow model version of the adapter (with the merged model next to it) or of the full "
     "fine-tuned model, with its tokenizer and lineage tags: base and hash, "
-    "data versions, recipe, code version, Dagster run, eval scores. Alias `challenger` always; `champion` when it "
-    "beats the current champion on the same held-out examples. Refuses, in any run, a candidate whose blocking "
+    "data versions, recipe, code version, Dagster run, eval scores. Alias `challenger` always; `champion` for the "
+    "first model ever, otherwise `canary`: it goes live beside the champion and the canary decision sensor promotes "
+    "or rolls it back on live feedback. Refuses, in any run, a candidate whose blocking "
     "eval_report checks did not all pass on the very eval_report it is handed.",
     ins={"feedback_window": FEEDBACK_WINDOW},
 )
@@ -93,11 +93,15 @@ def registry_entry(
     evidence = {"eval_report": decision.eval_report_version, "rouge_l_gain_vs_base": eval_report["rouge_l_gain_vs_base"]}
     registry.move_alias(name, CHALLENGER, version, actor=actor, reason="passed the evaluation gate", evidence=evidence)
     aliases = [CHALLENGER]
-    if beats_champion(eval_report):
-        why = "first model" if "champion" not in models else "beats the champion on the same held-out examples"
-        registry.move_alias(name, CHAMPION, version, actor=actor, reason=why,
-                            evidence={**evidence, "rouge_l_gain_vs_champion": eval_report.get("rouge_l_gain_vs_champion")})
+    champion = registry.version_by_alias(name, CHAMPION)
+    if champion is None:  # the first model ever: nothing to compare it with live
+        registry.move_alias(name, CHAMPION, version, actor=actor, reason="first model: no champion yet", evidence=evidence)
         aliases.append(CHAMPION)
+    else:  # live feedback decides (canary decision sensor); the offline comparison is kept as evidence
+        offline = {k: eval_report.get(k) for k in ("rouge_l_gain_vs_champion", "win_rate_vs_champion")}
+        registry.move_alias(name, CANARY, version, actor=actor, evidence={**evidence, **offline, "champion": str(champion.version)},
+                            reason=f"passed the evaluation gate; goes live as canary beside champion v{champion.version}")
+        aliases.append(CANARY)
     context.log.info(f"registered {name} v{version} with aliases {aliases}")
     metadata = {
         "model_name": name,

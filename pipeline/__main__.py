@@ -1,10 +1,14 @@
-"""Command line: `python -m pipeline demo | ui | lineage | backfill`.
+"""Command line: `python -m pipeline demo | ui | lineage | backfill | serve | promote | rollback | status`.
 
     demo      materialize the whole asset graph on the embedded default and print the eval numbers
               (--feedback: write days of feedback into the bucket, let the sensor ingest them, retrain)
     ui        start the Dagster UI (dagster dev) on this project
     lineage   print what made a registered model version (by alias or number)
     backfill  ingest the feedback days --from .. --to, then retrain once over the window
+    serve     serve champion and canary over an OpenAI-compatible HTTP API (pipeline/oncall.py)
+    promote   point champion or canary at a gated version
+    rollback  remove the canary, or restore the previous champion
+    status    live versions, traffic share, live feedback and the canary decision now
 """
 
 from __future__ import annotations
@@ -130,6 +134,12 @@ def backfill(args: argparse.Namespace) -> int:
     return 0 if results and all(r.success for r in results) else 1
 
 
+def serving_commands(sub) -> None:
+    from pipeline.oncall import add_commands
+
+    add_commands(sub)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -150,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from", dest="first", required=True, help="first day, YYYY-MM-DD")
     p.add_argument("--to", dest="last", required=True, help="last day, YYYY-MM-DD (inclusive)")
     p.set_defaults(func=backfill)
+    serving_commands(sub)
     args = parser.parse_args(argv)
     if args.command == "lineage" and not args.alias and not args.version:
         args.alias = "champion"

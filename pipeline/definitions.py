@@ -10,7 +10,7 @@ import os
 
 import dagster as dg
 
-from assets import curation, evaluation, model, registry, sources, split, training
+from assets import curation, deployment, evaluation, model, registry, sources, split, training
 from assets.automation import build_automation
 from assets.feedback import build_feedback_assets, feedback_partitions
 from pipeline.paths import resolve, store_root
@@ -18,7 +18,7 @@ from pipeline.recipe import FeedbackRecipe, Recipe
 from resources import Bucket, BucketJsonIOManager, ModelRegistry, RecipeResource, TrainingLauncher
 
 GPU_RUN_TAG = "pipeline/gpu"  # runs that train; the QueuedRunCoordinator's tag limit counts them
-STAGE_MODULES = [sources, curation, split, model, training, evaluation, registry]
+STAGE_MODULES = [sources, curation, split, model, training, evaluation, registry, deployment]
 
 
 def local_resources() -> dict:

@@ -298,6 +298,64 @@ class RegistryRecipe(_Section):
     experiment: str = Field("fine-tuning", description="MLflow experiment for training and evaluation runs.")
 
 
+class CanaryRecipe(_Section):
+    """When live feedback promotes a canary to champion or rolls it back."""
+
+    min_samples: int = Field(30, gt=0, description="A metric is judged only when both canary and champion have at "
+                             "least this many observations of it since the canary started (ratings, served "
+                             "interactions, or decisive canary-vs-champion comparisons).")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Posterior probability required to call the canary "
+                              "worse (roll back) or at least as good (promote).")
+    margin: float = Field(0.05, ge=0, lt=1, description="Non-inferiority margin: the canary counts as at least as good "
+                          "when its rate is above the champion's minus this, with the configured confidence.")
+    interval_seconds: int = Field(60, gt=0, description="How often the canary decision sensor looks at the feedback.")
+
+
+class DeploymentRecipe(_Section):
+    """The Kubernetes manifests rendered for serving the live versions with vLLM."""
+
+    namespace: str = Field("llm-serving", description="Namespace of the rendered objects.")
+    vllm_image: str = Field("vllm/vllm-openai:v0.11.0", description="vLLM's OpenAI-compatible server image.")
+    fetch_image: str = Field("ghcr.io/mlflow/mlflow:v3.1.0", description="Image of the init step that downloads the "
+                             "base and the adapters from the MLflow artifact store (it needs the `mlflow` package).")
+    base_model_uri: str = Field("s3://models/base", description="Where the init step fetches the base model folder from "
+                                "(an MLflow artifact URI or an s3:// prefix).")
+    gpus: int = Field(1, ge=0, description="`nvidia.com/gpu` per pod; 0 renders a CPU pod.")
+    replicas: int = Field(1, gt=0, description="Pods of each Deployment.")
+    max_lora_rank: int = Field(64, gt=0, description="vLLM's --max-lora-rank: at least the adapters' rank.")
+    kubernetes_version: str = Field("1.33.0", description="Kubernetes release the manifests are validated against "
+                                    "(the tests use pipeline.k8s.validate, pinned to the same release).")
+    tracking_secret: str = Field("mlflow-credentials", description="Secret holding MLFLOW_TRACKING_URI and the "
+                                 "artifact store's credentials for the init step.")
+
+
+class ServingRecipe(_Section):
+    """`python -m pipeline serve`: the OpenAI-compatible server, its canary share, feedback buffer and limits."""
+
+    host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 exposes it beyond this machine.")
+    port: int = Field(8000, gt=0, lt=65536, description="Port to listen on.")
+    canary_share: float = Field(0.1, ge=0, le=1, description="Share of requests routed to the canary (sticky per "
+                                "`user` field when a request names one).")
+    token_env: str = Field("PIPELINE_SERVE_TOKEN", description="Environment variable holding the bearer token; when "
+                           "it is unset or empty, no token is asked for.")
+    poll_seconds: float = Field(15.0, gt=0, description="How often the registry's aliases are polled for a hot swap.")
+    flush_events: int = Field(200, gt=0, description="Buffered feedback events that trigger a flush to the bucket.")
+    flush_seconds: float = Field(10.0, gt=0, description="Longest time an event waits in the buffer.")
+    max_buffered_events: int = Field(50_000, gt=0, description="Events kept while the bucket is unreachable; beyond "
+                                     "this the oldest are dropped and counted.")
+    max_body_bytes: int = Field(256_000, gt=0, description="Largest request body accepted (413 beyond).")
+    max_messages: int = Field(64, gt=0, description="Most messages in one chat request.")
+    max_input_chars: int = Field(16_000, gt=0, description="Most characters over all messages of one request.")
+    max_new_tokens: int = Field(256, gt=0, description="Upper bound on a request's max_tokens.")
+    default_max_tokens: int = Field(64, gt=0, description="max_tokens when a request does not say.")
+    recent_interactions: int = Field(10_000, gt=0, description="Interactions remembered for comparisons posted to "
+                                     "/v1/feedback.")
+    torch_threads: int = Field(0, ge=0, description="CPU threads for generation; 0 leaves torch's default. On a "
+                               "busy shared machine 1 avoids threads spinning against each other.")
+    canary: CanaryRecipe = Field(default_factory=CanaryRecipe)
+    deployment: DeploymentRecipe = Field(default_factory=DeploymentRecipe)
+
+
 class FeedbackRecipe(_Section):
     """The production feedback loop: daily partitions of the bucket's `feedback/`, the training window and triggers."""
 
@@ -330,6 +388,7 @@ class Recipe(_Section):
     evaluation: EvaluationRecipe = Field(default_factory=EvaluationRecipe)
     gate: GateRecipe = Field(default_factory=GateRecipe)
     registry: RegistryRecipe = Field(default_factory=RegistryRecipe)
+    serving: ServingRecipe = Field(default_factory=ServingRecipe, description="Serving, canary decision and deployment.")
     feedback: FeedbackRecipe = Field(default_factory=FeedbackRecipe, description="Feedback partitions, window and triggers.")
 
     @model_validator(mode="after")

@@ -53,7 +53,8 @@ def test_whole_graph_materializes_and_passes_its_checks(two_runs):
     _, _, first, _ = two_runs
     assert first.success
     assert set(data_versions(first)) == set(DATA_ASSETS) | {"sft_checkpoint", "dpo_checkpoint", "quantized_model",
-                                                            "eval_report", "registry_entry"}
+                                                            "eval_report", "registry_entry",
+                                                            "deployment"}
     checks = {e.check_name: e.passed for e in first.get_asset_check_evaluations()}
     assert checks == {"candidate_beats_base": True, "no_train_heldout_overlap": True,
                       "no_heldout_near_duplicate_in_train": True, "no_pii_or_secrets_left": True,
@@ -93,16 +94,17 @@ def test_same_inputs_give_the_same_data_versions(two_runs):
         assert a[asset] == b[asset], asset
 
 
-def test_second_version_is_challenger_and_champion_only_if_better(two_runs):
+def test_second_version_is_challenger_and_canary_beside_the_first_champion(two_runs):
     store, recipe, first, second = two_runs
     registry = ModelRegistry(tracking_uri=f"sqlite:///{store}/mlflow.db")
     name = recipe.registry.model_name
     v1, v2 = first.output_for_node("registry_entry")["version"], second.output_for_node("registry_entry")["version"]
     assert (v1, v2) == ("1", "2")
     assert str(registry.version_by_alias(name, "challenger").version) == "2"
-    # The same adapter scores the same as the champion, which does not make it better.
+    # A champion exists: the gated second version goes live as canary; live feedback decides the rest.
     assert "champion" in second.output_for_node("eval_report")["models"]
     assert str(registry.version_by_alias(name, "champion").version) == "1"
+    assert str(registry.version_by_alias(name, "canary").version) == "2"
 
 
 def test_dpo_enabled_makes_the_dpo_model_the_evaluated_and_registered_candidate(tiny_model_dir, tmp_path):

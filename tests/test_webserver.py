@@ -12,7 +12,8 @@ import requests
 from pipeline.paths import PROJECT_ROOT
 
 ASSETS = {"seed_examples", "quarantined_examples", "deduped_examples", "train_split", "heldout_split", "base_model",
-          "sft_checkpoint", "dpo_checkpoint", "eval_report", "registry_entry", "train_token_lengths"}
+          "sft_checkpoint", "dpo_checkpoint", "eval_report", "registry_entry", "train_token_lengths", "deployment",
+          "feedback_events", "feedback_examples", "feedback_window"}
 CHECKS = {"candidate_beats_base", "no_train_heldout_overlap", "no_heldout_near_duplicate_in_train",
           "no_pii_or_secrets_left"}
 QUERY = "{ assetNodes { assetKey { path } groupName assetChecksOrError { ... on AssetChecks { checks { name blocking } } } } }"
@@ -59,4 +60,4 @@ def test_webserver_serves_every_asset_and_blocking_check(webserver):
     checks = {c["name"]: c["blocking"] for n in webserver for c in (n["assetChecksOrError"].get("checks") or [])}
     assert checks == {name: True for name in CHECKS}
     groups = {n["groupName"] for n in webserver}
-    assert groups == {"sources", "curation", "split", "model", "training", "evaluation", "registry"}
+    assert groups == {"sources", "curation", "split", "model", "training", "evaluation", "registry", "deployment", "feedback"}

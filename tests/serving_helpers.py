@@ -1,0 +1,62 @@
+"""Helpers for the serving tests: tiny LoRA adapters, gated registry versions, a real server on a free port."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipeline.evaluation.gate import GATE_PASSED_TAG
+from resources import ModelRegistry
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_adapter(model_dir: Path, folder: Path, seed: int) -> Path:
+    """A LoRA adapter with random (non-zero) weights, so each one answers differently from the base."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(folder)
+    return folder
+
+
+def gated_registry(store: Path, name: str, adapters: list[Path]) -> tuple[ModelRegistry, list[str]]:
+    """A registry with one gated version per adapter (logged as run artifacts, like registry_entry does)."""
+    registry = ModelRegistry(tracking_uri=f"sqlite:///{store}/mlflow.db", artifact_root=f"{store}/mlartifacts")
+    client = registry.client()
+    versions = []
+    for adapter in adapters:
+        run_id = client.create_run(registry.experiment_id("serving-test")).info.run_id
+        versions.append(registry.register(name, run_id, adapter, {GATE_PASSED_TAG: "true"}, description="test"))
+    return registry, versions
+
+
+@contextmanager
+def running(app, port: int):
+    """uvicorn serving `app` on 127.0.0.1:port in a thread; shut down (lifespan included) on exit."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
