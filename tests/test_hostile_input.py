@@ -68,6 +68,7 @@ def test_hostile_file_is_quarantined_line_by_line_and_good_records_pass_unchange
 
 def test_the_ui_books_balance_from_raw_lines_to_kept_records(tmp_path, tiny_model_dir):
     from assets.curation import deduped_examples
+    from assets.feedback import feedback_partitions
     from assets.model import base_model
     from assets.sources import read_seed_sources
     from pipeline.recipe import Recipe
@@ -78,7 +79,9 @@ def test_the_ui_books_balance_from_raw_lines_to_kept_records(tmp_path, tiny_mode
     recipe = Recipe(data=DataRecipe(sources=[SourceSpec(path=str(path))], max_quarantine_share=1.0, golden_path=None),
                     base_model={"path": str(tiny_model_dir), "name": "tiny-llama"})
     bucket = Bucket(root=str(tmp_path / "store"))
-    result = dg.materialize([read_seed_sources, base_model, deduped_examples], instance=dg.DagsterInstance.ephemeral(),
+    # no feedback window was ever built: deduped_examples reads its optional input as "seed data only"
+    window = dg.AssetSpec("feedback_window", partitions_def=feedback_partitions(recipe.feedback))
+    result = dg.materialize([read_seed_sources, base_model, deduped_examples, window], instance=dg.DagsterInstance.ephemeral(),
                             resources={"recipe": RecipeResource.of(recipe), "bucket": bucket,
                                        "io_manager": BucketJsonIOManager(bucket=bucket)})
     rows = [r.data for r in result.asset_materializations_for_node("deduped_examples")[0].metadata["steps"].value.records]

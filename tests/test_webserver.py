@@ -13,9 +13,10 @@ from pipeline.paths import PROJECT_ROOT
 
 ASSETS = {"seed_examples", "quarantined_examples", "deduped_examples", "train_split", "heldout_split", "base_model",
           "sft_checkpoint", "dpo_checkpoint", "eval_report", "registry_entry", "train_token_lengths", "deployment",
-          "feedback_events", "feedback_examples", "feedback_window"}
+          "feedback_events", "feedback_examples", "feedback_window", "quantized_model"}
 CHECKS = {"candidate_beats_base", "no_train_heldout_overlap", "no_heldout_near_duplicate_in_train",
-          "no_pii_or_secrets_left"}
+          "no_pii_or_secrets_left", "candidate_ties_or_beats_champion", "no_general_capability_regression",
+          "no_eval_contamination"}
 QUERY = "{ assetNodes { assetKey { path } groupName assetChecksOrError { ... on AssetChecks { checks { name blocking } } } } }"
 
 
