@@ -128,28 +128,40 @@ def scrub_pii(records: list[Record]) -> tuple[list[Record], list[Dropped]]:
     counts per type go to `meta["scrubbed"]`."""
     out = []
     for rec in records:
-        found: Counter = Counter()
-        messages = []
-        for m in rec["messages"]:
-            text, counts = scrub_text(m["content"])
-            found += counts
-            messages.append({**m, "content": text})
+        messages, found = scrub_messages(rec["messages"])
         out.append({**rec, "messages": messages, "meta": {**rec["meta"], "scrubbed": dict(found)}} if found else rec)
     return out, []
 
 
-def drop_exact_duplicates(records: list[Record]) -> tuple[list[Record], list[Dropped]]:
-    """Keep the first record of each normalised-text hash (input order is deterministic)."""
-    seen: set[str] = set()
+def scrub_messages(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], Counter]:
+    """Each turn with its PII and secrets replaced, and the replacements per type."""
+    found: Counter = Counter()
+    scrubbed = []
+    for m in messages:
+        text, counts = scrub_text(m["content"])
+        found += counts
+        scrubbed.append({**m, "content": text})
+    return scrubbed, found
+
+
+def keep_first_by_key(records: list[Record], key: Callable[[Record], str],
+                      seen: set[str] | None = None) -> tuple[list[Record], list[Dropped]]:
+    """Keep the first record of each key (input order is deterministic); `seen` holds keys kept earlier."""
+    seen = set() if seen is None else seen
     kept, dropped = [], []
     for rec in records:
-        key = content_key(rec["messages"])
-        if key in seen:
+        k = key(rec)
+        if k in seen:
             dropped.append((rec, "exact_duplicate"))
         else:
-            seen.add(key)
+            seen.add(k)
             kept.append(rec)
     return kept, dropped
+
+
+def drop_exact_duplicates(records: list[Record]) -> tuple[list[Record], list[Dropped]]:
+    """Keep the first record of each normalised-text hash."""
+    return keep_first_by_key(records, lambda rec: content_key(rec["messages"]))
 
 
 def curation_steps(recipe: DataRecipe, count_tokens: Callable[[Record], int] | None = None) -> list[tuple[str, Step]]:

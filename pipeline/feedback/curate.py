@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from pipeline.curation.pii import scrub_text
 from pipeline.curation.quality import drop_garbage, drop_prompt_echoes, drop_repetitive
 from pipeline.curation.records import Record, sha256_json, normalize_text
-from pipeline.curation.steps import Dropped, Step, StepReport, curation_steps, run_steps
+from pipeline.curation.steps import (Dropped, Step, StepReport, curation_steps, keep_first_by_key, run_steps,
+                                     scrub_messages)
 from pipeline.feedback.examples import DayExamples, pair_prompt_turns
 from pipeline.recipe import DataRecipe, FeedbackRecipe
 
@@ -32,17 +32,11 @@ def scrub_pairs(records: list[Record]) -> tuple[list[Record], list[Dropped]]:
     """Scrub both conversations of a pair (the chosen one in messages, the rejected one in meta)."""
     out = []
     for rec in records:
-        found: Counter = Counter()
-        sides = []
-        for conversation in (rec["messages"], rec["meta"]["rejected"]):
-            side = []
-            for m in conversation:
-                text, n = scrub_text(m["content"])
-                found += n
-                side.append({**m, "content": text})
-            sides.append(side)
-        meta = {**rec["meta"], "rejected": sides[1], **({"scrubbed": dict(found)} if found else {})}
-        out.append({**rec, "messages": sides[0], "meta": meta})
+        chosen, found_chosen = scrub_messages(rec["messages"])
+        rejected, found_rejected = scrub_messages(rec["meta"]["rejected"])
+        found = found_chosen + found_rejected
+        meta = {**rec["meta"], "rejected": rejected, **({"scrubbed": dict(found)} if found else {})}
+        out.append({**rec, "messages": chosen, "meta": meta})
     return out, []
 
 
@@ -52,16 +46,7 @@ def pair_key(rec: Record) -> str:
 
 def drop_duplicate_pairs(records: list[Record], seen: set[str] | None = None) -> tuple[list[Record], list[Dropped]]:
     """Keep the first pair of each (prompt, chosen, rejected) up to case and spacing; `seen` holds earlier keys."""
-    seen = set() if seen is None else seen
-    kept, dropped = [], []
-    for rec in records:
-        key = pair_key(rec)
-        if key in seen:
-            dropped.append((rec, "exact_duplicate"))
-        else:
-            seen.add(key)
-            kept.append(rec)
-    return kept, dropped
+    return keep_first_by_key(records, pair_key, seen)
 
 
 def pair_steps(data: DataRecipe, feedback: FeedbackRecipe) -> list[tuple[str, Step]]:
