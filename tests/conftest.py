@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,26 @@ def _sample_texts() -> list[str]:
         except (ValueError, KeyError, TypeError):
             continue
     return texts
+
+
+def free_port() -> int:
+    """A port nothing listens on now, on loopback, for a server a test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sample_chat_records(limit: int) -> list[dict]:
+    """The first `limit` well-formed chatml sample records, as the training stage receives them."""
+    rows = []
+    for line in (PROJECT_ROOT / "data/sample/chatml.jsonl").read_text().splitlines():
+        try:
+            messages = json.loads(line)["messages"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if isinstance(messages, list) and len(messages) >= 2:
+            rows.append({"messages": messages})
+    return rows[:limit]
 
 
 @pytest.fixture(scope="session")

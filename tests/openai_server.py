@@ -1,7 +1,6 @@
 """A minimal OpenAI-compatible chat-completions server over a local transformers model, for tests only: FastAPI
 served by uvicorn on 127.0.0.1 and a free port, in a thread, stopped by the context manager."""
 
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -9,6 +8,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pydantic import BaseModel
+from tests.conftest import free_port
 
 
 class Message(BaseModel):
@@ -47,12 +47,6 @@ def chat_app(model_dir: Path):
                           "total_tokens": out.shape[1]}}
 
     return app
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

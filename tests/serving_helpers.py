@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -10,12 +9,6 @@ from pathlib import Path
 
 from pipeline.evaluation.gate import GATE_PASSED_TAG
 from resources import ModelRegistry
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny_adapter(model_dir: Path, folder: Path, seed: int) -> Path:

@@ -8,23 +8,11 @@ from pathlib import Path
 import pytest
 
 from pipeline.evaluation.general import build_items, regression_failures, run_tasks, write_items
-from pipeline.paths import PROJECT_ROOT
 from pipeline.recipe import GeneralCapabilityRecipe, TrainingRecipe
 from pipeline.training.sft import train_sft
+from tests.conftest import sample_chat_records
 
 GENERAL = GeneralCapabilityRecipe(cloze_docs=24, perplexity_docs=8, passage_words=60, batch_size=8)
-
-
-def chat_records(limit: int) -> list[dict]:
-    rows = []
-    for line in (PROJECT_ROOT / "data/sample/chatml.jsonl").read_text().splitlines():
-        try:
-            messages = json.loads(line)["messages"]
-        except (ValueError, KeyError, TypeError):
-            continue
-        if isinstance(messages, list) and len(messages) >= 2:
-            rows.append({"messages": messages})
-    return rows[:limit]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -80,7 +68,7 @@ def test_items_are_built_from_real_prose_deterministically():
 
 def test_forgetting_candidate_fails_the_regression_check_and_a_normal_one_passes(prose_base, tmp_path):
     paths = write_items(build_items(GENERAL), tmp_path / "general")
-    records = chat_records(48)
+    records = sample_chat_records(48)
     normal = train_sft(write_jsonl(tmp_path / "train.jsonl", records), prose_base, tmp_path / "normal",
                        TrainingRecipe(max_steps=3, batch_size=4, max_length=256, learning_rate=0.005,
                                       merge_adapter=False), lambda m, x: None)

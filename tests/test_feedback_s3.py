@@ -18,14 +18,9 @@ from assets.feedback import build_feedback_assets
 from pipeline.feedback.synthetic import write_days
 from pipeline.recipe import FeedbackRecipe, Recipe
 from resources import Bucket, BucketJsonIOManager, RecipeResource
+from tests.conftest import free_port
 
 DAY = "2026-11-20"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class FlakyProxy(ThreadingHTTPServer):

@@ -23,7 +23,8 @@ from pipeline.serving.registry_source import RegistrySource
 from pipeline.serving.server import build_server
 from resources import Bucket, BucketJsonIOManager, ModelRegistry, RecipeResource, TrainingLauncher
 from tests.conftest import tiny_recipe
-from tests.serving_helpers import free_port, running
+from tests.conftest import free_port
+from tests.serving_helpers import running
 
 
 def wait_until(condition, timeout: float = 60) -> bool:

@@ -28,6 +28,13 @@ def run(defs: dg.Definitions, instance: dg.DagsterInstance, only: list[str] | No
                                                                asset_selection=selection)
 
 
+def everything_before_the_registry(defs: dg.Definitions) -> list[str]:
+    """The unpartitioned graph without registry_entry (the feedback assets run in their own jobs)."""
+    graph = defs.resolve_asset_graph()
+    return [k.to_user_string() for k in graph.get_all_asset_keys()
+            if k.path != ["registry_entry"] and not graph.get(k).is_partitioned]
+
+
 def registered_versions(store: Path) -> list:
     return ModelRegistry(tracking_uri=f"sqlite:///{store}/mlflow.db").client().search_model_versions()
 
@@ -74,9 +81,7 @@ def test_registry_entry_alone_in_a_second_run_refuses_the_failed_candidate(faile
 def test_a_passing_candidate_registers_when_materialized_alone(tiny_model_dir, tmp_path):
     store = tmp_path / "store"
     defs, instance = definitions(store, tiny_recipe(tiny_model_dir)), dg.DagsterInstance.ephemeral()
-    upstream = [k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()
-                if k.path != ["registry_entry"] and not defs.resolve_asset_graph().get(k).is_partitioned]  # feedback: its own jobs
-    assert run(defs, instance, only=upstream).success
+    assert run(defs, instance, only=everything_before_the_registry(defs)).success
     assert registered_versions(store) == []
     alone = run(defs, instance, only=["registry_entry"])
     assert alone.success
@@ -90,9 +95,7 @@ def test_a_passing_candidate_registers_when_materialized_alone(tiny_model_dir, t
 def test_an_eval_report_changed_after_its_checks_is_refused(tiny_model_dir, tmp_path):
     store = tmp_path / "store"
     defs, instance = definitions(store, tiny_recipe(tiny_model_dir)), dg.DagsterInstance.ephemeral()
-    upstream = [k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()
-                if k.path != ["registry_entry"] and not defs.resolve_asset_graph().get(k).is_partitioned]  # feedback: its own jobs
-    assert run(defs, instance, only=upstream).success
+    assert run(defs, instance, only=everything_before_the_registry(defs)).success
     report = store / "assets" / "eval_report.json"
     report.write_text(report.read_text().replace('"failures": []', '"failures": [], "edited": true'))
     alone = run(defs, instance, only=["registry_entry"])

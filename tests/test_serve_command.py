@@ -15,7 +15,8 @@ import requests
 import yaml
 
 from pipeline.paths import PROJECT_ROOT
-from tests.serving_helpers import free_port, gated_registry, tiny_adapter
+from tests.conftest import free_port
+from tests.serving_helpers import gated_registry, tiny_adapter
 
 
 def test_serve_command_answers_then_flushes_feedback_on_shutdown(tiny_model_dir, tmp_path):

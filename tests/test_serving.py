@@ -20,7 +20,8 @@ from pipeline.serving.events import load_schema
 from pipeline.serving.registry_source import RegistrySource
 from pipeline.serving.server import build_server
 from resources import Bucket
-from tests.serving_helpers import free_port, gated_registry, running, tiny_adapter
+from tests.conftest import free_port
+from tests.serving_helpers import gated_registry, running, tiny_adapter
 
 NAME = "tiny-summarizer"
 TOKEN = "s3cret-token"

@@ -17,23 +17,14 @@ from pipeline.training.checkpoints import COMPLETE_MARKER, latest_complete, writ
 from pipeline.training.methods import MethodUnavailable
 from pipeline.training.monitoring import loss_curve_png
 from pipeline.training.sft import train_sft
-from tests.conftest import tiny_recipe
+from tests.conftest import sample_chat_records, tiny_recipe
 
-TRAIN = PROJECT_ROOT / "data/sample/chatml.jsonl"
 
 
 def canonical_train_file(folder: Path, limit: int = 64) -> Path:
     """The first `limit` well-formed chatml sample records, as the training stage receives them."""
-    rows = []
-    for line in TRAIN.read_text().splitlines():
-        try:
-            messages = json.loads(line)["messages"]
-        except (ValueError, KeyError, TypeError):
-            continue
-        if isinstance(messages, list) and len(messages) >= 2:
-            rows.append({"messages": messages})
     path = folder / "train.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:limit]))
+    path.write_text("".join(json.dumps(r) + "\n" for r in sample_chat_records(limit)))
     return path
 
 

@@ -1,7 +1,6 @@
 """`dagster dev`'s webserver serves the code location: every asset and check is visible through GraphQL."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -10,6 +9,7 @@ import pytest
 import requests
 
 from pipeline.paths import PROJECT_ROOT
+from tests.conftest import free_port
 
 ASSETS = {"seed_examples", "quarantined_examples", "deduped_examples", "train_split", "heldout_split", "base_model",
           "sft_checkpoint", "dpo_checkpoint", "eval_report", "registry_entry", "train_token_lengths", "deployment",
@@ -20,15 +20,9 @@ CHECKS = {"candidate_beats_base", "no_train_heldout_overlap", "no_heldout_near_d
 QUERY = "{ assetNodes { assetKey { path } groupName assetChecksOrError { ... on AssetChecks { checks { name blocking } } } } }"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def webserver(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "PIPELINE_STORE": str(tmp_path / "store")}
     (tmp_path / "dagster.yaml").write_text((PROJECT_ROOT / "dagster.yaml").read_text())
     proc = subprocess.Popen(
