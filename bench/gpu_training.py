@@ -170,6 +170,14 @@ def step_clock():
     class StepClock(TrainerCallback):
         def __init__(self) -> None:
             self.times: list[tuple[int, float]] = []
+            self.started: float | None = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+
+        def first_steps_s(self, n: int = 5) -> list[float]:
+            """Seconds from the start of training to the end of each of the first `n` steps (warm-up costs)."""
+            return [round(t - self.started, 3) for _, t in self.times[:n]] if self.started else []
 
         def on_step_end(self, args, state, control, **kwargs):
             self.times.append((state.global_step, time.perf_counter()))

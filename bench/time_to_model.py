@@ -74,7 +74,8 @@ def write_subset(target: Path, n: int) -> int:
 
 
 def _clock_summary(clock, losses: list[float], steps: int) -> dict:
-    return {"steps": steps, "steady_steps_per_s": clock.steady_steps_per_s(), "losses": losses}
+    return {"steps": steps, "steady_steps_per_s": clock.steady_steps_per_s(), "first_steps_s": clock.first_steps_s(),
+            "losses": losses}
 
 
 def peer_worker(model_dir: Path, train: Path, method: str, out: Path, overrides: dict) -> dict:
@@ -135,6 +136,10 @@ def ours_worker(model_dir: Path, train: Path, method: str, out: Path, overrides:
 
     result = train_sft(train, model_dir, out, recipe, report, extra_callbacks=[clock], compile_cache_uri=cache_uri)
     marks["save"] = time.time()
+    if result.phases.get("compiled"):  # where a compile's seconds went (Dynamo, AOTAutograd, Inductor, loading)
+        from torch._dynamo.utils import compile_times
+
+        print(compile_times(repr="str", aggregate=True), flush=True)
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     return {"marks": marks, "phases": result.phases, "peak_gib": peak, **_clock_summary(clock, losses, result.global_step)}
 

@@ -167,3 +167,73 @@ def test_training_reports_its_phases_and_decision(tiny_model_dir, tmp_path):
     assert phases["compiled"] is False and "no GPU" in phases["compile_reason"]
     assert not Path(tmp_path / "cache").exists()  # nothing compiled, nothing stored
     json.dumps(result.to_dict())  # result.json stays serialisable
+
+
+def test_an_eager_gpu_run_stores_its_triton_kernels_and_the_next_run_starts_with_them(tiny_model_dir, tmp_path,
+                                                                                       monkeypatch):
+    """Liger's kernels are built in the first steps of every process whose Triton cache is empty (each new pod);
+    the first eager run on a GPU stores the folder under its key and the next run unpacks it before its first step."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    recipe = TrainingRecipe(torch_compile="auto")
+    uri = str(tmp_path / "bucket/compile-cache")
+    messages = []
+    report = lambda m, x: messages.append(m)  # noqa: E731
+
+    first_pod = tmp_path / "pod-1/triton"
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(first_pod))
+    first = plan_compile(tiny_model_dir, recipe, rows(4), tokenizer, uri, report, on_gpu=True)
+    assert not first.decision.compile and "eager" in first.decision.reason
+    first.restore(report)
+    assert first.kernels_loaded == 0
+    for name, body in {"A1B2/rms_norm_forward.cubin": b"\x7fELF rms", "A1B2/rms_norm_forward.json": b"{}",
+                       "C3D4/swiglu_backward.cubin": b"\x7fELF swiglu"}.items():  # what Triton wrote while training
+        (first_pod / name).parent.mkdir(parents=True, exist_ok=True)
+        (first_pod / name).write_bytes(body)
+    assert "cache_store_s" in first.persist(report)
+    assert first.summary()["compile_cache_bytes_stored"] > 0
+
+    second_pod = tmp_path / "pod-2/triton"
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(second_pod))
+    second = plan_compile(tiny_model_dir, recipe, rows(4), tokenizer, uri, report, on_gpu=True)
+    assert second.key == first.key
+    second.restore(report)
+    assert second.kernels_loaded == 3
+    assert (second_pod / "C3D4/swiglu_backward.cubin").read_bytes() == b"\x7fELF swiglu"
+    assert second.persist(report) == {}  # a hit is not written back
+    assert second.summary()["kernel_files_loaded"] == 3
+    assert any(m.startswith("loaded 3 Triton kernel files") for m in messages)
+
+
+def test_kernel_archives_keep_to_their_folder_and_what_is_there(tmp_path):
+    import io
+    import tarfile
+
+    from pipeline.training.compile_cache import pack_kernel_dir, unpack_kernel_dir
+
+    assert pack_kernel_dir(tmp_path / "none") is None
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, body in (("../escape.cubin", b"x"), ("ok/k.cubin", b"new")):
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    target = tmp_path / "cache"
+    (target / "ok").mkdir(parents=True)
+    (target / "ok/k.cubin").write_bytes(b"local")
+    with pytest.raises(tarfile.OutsideDestinationError):
+        unpack_kernel_dir(buffer.getvalue(), target)
+    assert not (tmp_path / "escape.cubin").exists()
+    assert (target / "ok/k.cubin").read_bytes() == b"local"
+
+
+def test_a_cpu_run_keeps_no_kernel_cache(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    (tmp_path / "triton").mkdir()
+    (tmp_path / "triton/k.cubin").write_bytes(b"k")
+    plan = plan_compile(tiny_model_dir, TrainingRecipe(torch_compile=False), rows(4), None, str(tmp_path / "cache"),
+                        lambda m, x: None, on_gpu=False)
+    plan.restore(lambda m, x: None)
+    assert plan.persist(lambda m, x: None) == {}
+    assert not (tmp_path / "cache").exists()

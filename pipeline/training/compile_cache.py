@@ -1,5 +1,7 @@
 """Compiled kernels that outlive the machine: PyTorch's compile artifacts (Inductor's FX graphs, AOTAutograd
-graphs, Triton kernels) saved after a run and loaded before the next one, through the bucket.
+graphs, Triton kernels) saved after a run and loaded before the next one, through the bucket; and, for eager runs,
+the Triton kernel folder (Liger's fused norm, RoPE, SwiGLU and loss kernels are built on first use in every new
+process that finds it empty, as each new pod does).
 
 A cold compile of the decoder blocks costs about a minute on a GPU, as much as a whole 1k-example LoRA run. The
 artifacts are valid only for the torch and transformers that built them, the GPU they were tuned on, the model's
@@ -9,9 +11,11 @@ shape and what the recipe compiles, so those make the key; any other run starts 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +36,27 @@ def cache_key(model_config: dict[str, Any], recipe: TrainingRecipe, device: str 
     if recipe.method != "full":
         compiled["lora"] = recipe.lora.model_dump()
     parts = {"torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
-             "device": device, "model": {k: v for k, v in model_config.items() if k not in _NOT_SHAPE},
+             "liger": _version("liger-kernel") if recipe.liger_kernels else None, "device": device, "model": {k: v for k, v in model_config.items() if k not in _NOT_SHAPE},
              "recipe": compiled}
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
     return f"torch-{_slug(torch.__version__)}/{_slug(device)}/{_slug(str(model_config.get('model_type', 'model')))}-{digest}"
 
 
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-").lower()
+
+
+COMPILED = "bin"  # torch.compiler's cache artifacts
+TRITON_KERNELS = "triton.tar.gz"  # an eager run's Triton kernel folder
 
 
 class CompileCacheStore:
@@ -49,12 +66,12 @@ class CompileCacheStore:
     def __init__(self, uri: str) -> None:
         self.uri = uri.rstrip("/")
 
-    def _object(self, key: str) -> str:
-        return f"{key}.bin"
+    def _object(self, key: str, kind: str) -> str:
+        return f"{key}.{kind}"
 
-    def _s3_target(self, key: str) -> tuple[str, str]:
+    def _s3_target(self, key: str, kind: str) -> tuple[str, str]:
         bucket, _, prefix = self.uri[len("s3://"):].partition("/")
-        return bucket, f"{prefix}/{self._object(key)}".lstrip("/")
+        return bucket, f"{prefix}/{self._object(key, kind)}".lstrip("/")
 
     @property
     def _remote(self) -> bool:
@@ -65,28 +82,28 @@ class CompileCacheStore:
 
         return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
 
-    def fetch(self, key: str) -> bytes | None:
-        """The stored artifacts for `key`, or None when there are none."""
+    def fetch(self, key: str, kind: str = COMPILED) -> bytes | None:
+        """The stored artifacts of `kind` for `key`, or None when there are none."""
         if self._remote:
             from botocore.exceptions import ClientError
 
-            bucket, name = self._s3_target(key)
+            bucket, name = self._s3_target(key, kind)
             try:
                 return self._s3().get_object(Bucket=bucket, Key=name)["Body"].read()
             except ClientError as e:
                 if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NoSuchBucket"):
                     return None
                 raise
-        path = Path(self.uri) / self._object(key)
+        path = Path(self.uri) / self._object(key, kind)
         return path.read_bytes() if path.is_file() else None
 
-    def put(self, key: str, data: bytes) -> str:
-        """Store `data` for `key` whole (a reader never sees half of it); returns where."""
+    def put(self, key: str, data: bytes, kind: str = COMPILED) -> str:
+        """Store `data` of `kind` for `key` whole (a reader never sees half of it); returns where."""
         if self._remote:
-            bucket, name = self._s3_target(key)
+            bucket, name = self._s3_target(key, kind)
             self._s3().put_object(Bucket=bucket, Key=name, Body=data)
             return f"s3://{bucket}/{name}"
-        path = Path(self.uri) / self._object(key)
+        path = Path(self.uri) / self._object(key, kind)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         tmp.write_bytes(data)
@@ -125,3 +142,33 @@ def compile_seconds() -> float:
     from torch._dynamo.utils import compilation_time_metrics
 
     return float(sum(compilation_time_metrics.get("_compile.compile_inner", [])))
+
+
+def triton_cache_dir() -> Path:
+    """Where Triton keeps the kernels it builds in this process (its own default unless TRITON_CACHE_DIR is set)."""
+    return Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
+
+
+def pack_kernel_dir(folder: Path) -> bytes | None:
+    """The folder's files as a gzipped tar, or None when it holds none."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+    if not files:
+        return None
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:
+        for path in files:
+            tar.add(path, arcname=str(path.relative_to(folder)))
+    return buffer.getvalue()
+
+
+def unpack_kernel_dir(data: bytes, folder: Path) -> int:
+    """Unpack a `pack_kernel_dir` archive into `folder`, keeping files already there; returns the files added.
+    Only plain files inside the folder are taken (tarfile's `data` filter refuses links and paths outside it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    added = 0
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        for member in tar.getmembers():
+            if member.isfile() and not (folder / member.name).exists():
+                tar.extract(member, folder, filter="data")
+                added += 1
+    return added

@@ -1,5 +1,9 @@
-"""One run's compile plan: look up the compile cache, decide whether to compile, load the cache before the first
-step and store what was compiled after training."""
+"""One run's compile plan: look up the compile cache, decide whether to compile, load the cached kernels before the
+first step and store what was built after training.
+
+A compiled run caches torch.compile's artifacts; an eager run on a GPU caches its Triton kernel folder (Liger's
+kernels, built on first use), so no job size pays for kernel builds twice on machines of one kind.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +12,42 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.recipe import TrainingRecipe
-from pipeline.training.compile_cache import CompileCacheStore, cache_key, compile_counters, persist_compile_cache
+from pipeline.training.compile_cache import (COMPILED, TRITON_KERNELS, CompileCacheStore, cache_key, compile_counters,
+                                             pack_kernel_dir, persist_compile_cache, triton_cache_dir,
+                                             unpack_kernel_dir)
 from pipeline.training.compile_policy import CompileDecision, decide_compile, expected_training_tokens
+
+Reporter = Callable[[str, dict], None]
 
 
 class CompilePlan:
     def __init__(self, decision: CompileDecision, store: CompileCacheStore | None, key: str | None,
-                 cached: bytes | None) -> None:
+                 cached: bytes | None, kernels: bytes | None = None, on_gpu: bool = False) -> None:
         self.decision, self.store, self.key, self._cached = decision, store, key, cached
+        self._kernels, self._on_gpu = kernels, on_gpu
         self.loaded = False
+        self.kernels_loaded = 0  # Triton kernel files an eager run took from the store
         self.cache_bytes_stored = 0
 
-    def restore(self, reporter: Callable[[str, dict], None]) -> None:
-        """Load the cached artifacts into this process's compile caches (before the blocks first run)."""
+    @property
+    def _eager_kernels(self) -> bool:
+        """Whether this run keeps its Triton kernel folder in the store: eager, on a GPU, with a store."""
+        return self.store is not None and not self.decision.compile and self._on_gpu
+
+    def restore(self, reporter: Reporter) -> None:
+        """Load the cached artifacts into this process's caches, before the first step builds any kernel."""
+        if self.decision.compile:
+            self._restore_compiled(reporter)
+        elif self._eager_kernels and self._kernels is not None:
+            try:
+                self.kernels_loaded = unpack_kernel_dir(self._kernels, triton_cache_dir())
+            except Exception as e:  # a broken upload: the kernels are built again, as without a cache
+                reporter(f"kernel cache {self.key} unreadable ({type(e).__name__}); building kernels", {})
+                return
+            reporter(f"loaded {self.kernels_loaded} Triton kernel files from {self.key} "
+                     f"({len(self._kernels) / 2**20:.1f} MiB)", {})
+
+    def _restore_compiled(self, reporter: Reporter) -> None:
         if self._cached is None:
             if self.store is not None:
                 reporter(f"no compile cache for {self.key}; compiling from scratch", {})
@@ -34,37 +61,64 @@ class CompilePlan:
             return
         reporter(f"loaded compile cache {self.key} ({len(self._cached) / 2**20:.1f} MiB)", {})
 
-    def persist(self, reporter: Callable[[str, dict], None]) -> dict[str, float]:
-        """Store this run's artifacts when it compiled without a cache; returns the seconds it took."""
-        if self.store is None or self.loaded:
+    def persist(self, reporter: Reporter) -> dict[str, float]:
+        """Store what this run built when the store did not have it; returns the seconds it took."""
+        if self.store is None:
             return {}
-        started = time.monotonic()
-        self.cache_bytes_stored, message = persist_compile_cache(self.store, self.key)
+        if self.decision.compile and not self.loaded:
+            started = time.monotonic()
+            self.cache_bytes_stored, message = persist_compile_cache(self.store, self.key)
+        elif self._eager_kernels and not self.kernels_loaded:
+            started = time.monotonic()
+            self.cache_bytes_stored, message = self._persist_kernels()
+        else:
+            return {}
         reporter(message, {})
         return {"cache_store_s": time.monotonic() - started}
+
+    def _persist_kernels(self) -> tuple[int, str]:
+        try:
+            packed = pack_kernel_dir(triton_cache_dir())
+            if packed is None:
+                return 0, "no Triton kernels built; nothing to cache"
+            where = self.store.put(self.key, packed, kind=TRITON_KERNELS)
+        except Exception as e:  # the weights matter, the cache does not: report and go on
+            return 0, f"kernel cache not stored ({type(e).__name__}: {str(e)[:120]})"
+        return len(packed), f"stored Triton kernels at {where} ({len(packed) / 2**20:.1f} MiB)"
 
     def summary(self) -> dict[str, Any]:
         counters = compile_counters() if self.decision.compile else {}
         return {"compile_counters": counters, "compiled": self.decision.compile, "compile_reason": self.decision.reason,
                 "expected_tokens": self.decision.expected_tokens, "compile_cache_key": self.key,
-                "compile_cache_hit": self.loaded, "compile_cache_bytes_stored": self.cache_bytes_stored}
+                "compile_cache_hit": self.loaded, "kernel_files_loaded": self.kernels_loaded,
+                "compile_cache_bytes_stored": self.cache_bytes_stored}
 
 
 def plan_compile(base_path: Path, recipe: TrainingRecipe, rows: list[dict[str, Any]], tokenizer: Any,
-                 cache_uri: str | None, reporter: Callable[[str, dict], None]) -> CompilePlan:
-    """Decide from the expected tokens and whether the store holds a compile for this model, GPU and torch."""
+                 cache_uri: str | None, reporter: Reporter, on_gpu: bool | None = None) -> CompilePlan:
+    """Decide from the expected tokens and whether the store holds a compile for this model, GPU and torch; an
+    eager run on a GPU fetches the Triton kernels cached for the same key."""
     import torch
     from transformers import AutoConfig
 
-    store = key = cached = None
-    if cache_uri and recipe.torch_compile is not False:
+    on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
+    store = key = cached = kernels = None
+    if cache_uri:
         store = CompileCacheStore(cache_uri)
         key = cache_key(AutoConfig.from_pretrained(base_path).to_dict(), recipe)
-        try:
-            cached = store.fetch(key)
-        except Exception as e:  # an unreachable bucket must not stop training, only cost a compile
-            reporter(f"compile cache unreachable ({type(e).__name__}: {str(e)[:120]})", {})
+    if store is not None and recipe.torch_compile is not False:
+        cached = _fetch(store, key, COMPILED, reporter)
     tokens = expected_training_tokens(rows, tokenizer, recipe) if recipe.torch_compile == "auto" else 0
-    decision = decide_compile(recipe, tokens, cached is not None, torch.cuda.is_available())
+    decision = decide_compile(recipe, tokens, cached is not None, on_gpu)
     reporter(decision.reason, {})
-    return CompilePlan(decision, store, key, cached)
+    if store is not None and on_gpu and not decision.compile:
+        kernels = _fetch(store, key, TRITON_KERNELS, reporter)
+    return CompilePlan(decision, store, key, cached, kernels, on_gpu)
+
+
+def _fetch(store: CompileCacheStore, key: str, kind: str, reporter: Reporter) -> bytes | None:
+    try:
+        return store.fetch(key, kind)
+    except Exception as e:  # an unreachable bucket must not stop training, only cost a compile
+        reporter(f"compile cache unreachable ({type(e).__name__}: {str(e)[:120]})", {})
+        return None

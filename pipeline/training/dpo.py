@@ -73,7 +73,7 @@ def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any],
     from pipeline.training.distributed import (gather_blocks_whole, save_final_weights_whole, terse_parameter_repr,
                                                trainer_args)
     from pipeline.training.methods import check_method_runs_here
-    from pipeline.training.sft import device_flags, merge_adapter
+    from pipeline.training.sft import device_flags, fuse_lora, merge_adapter
 
     check_method_runs_here(training)
     set_seed(training.seed)
@@ -110,6 +110,7 @@ def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any],
                          + ([mirror_callback(checkpoint_uri)] if checkpoint_uri else []))
     trainer.remove_callback(PrinterCallback)
     gather_blocks_whole(trainer.model, training.distributed)
+    fuse_lora(trainer.model, training, reporter)  # the reference pass disables the adapter: PEFT's forward runs it
     resume = resume_point(checkpoint_dir, checkpoint_uri, reporter, trainer.args)
     started = time.monotonic()
     with terse_parameter_repr(training.distributed):

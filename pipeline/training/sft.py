@@ -91,6 +91,30 @@ def compile_repeated_blocks(model: Any) -> int:
     return len(blocks)
 
 
+def tokenizing_processes(examples: int, cpus: int | None = None) -> int | None:
+    """Processes for tokenising the dataset: one per ~1,000 examples, up to half the CPUs and 8. Chat templating
+    runs ~1 ms an example in one process, so 50k examples would wait most of a minute; below ~2,000 a pool's
+    start costs more than it saves (None: in this process)."""
+    import os
+
+    cpus = cpus or os.cpu_count() or 1
+    processes = min(8, cpus // 2, examples // 1000)
+    return processes if processes >= 2 else None
+
+
+def fuse_lora(model: Any, recipe: TrainingRecipe, reporter: Reporter) -> int:
+    """Eager LoRA layers as one autograd op each (`training.fused_lora`); compiled blocks fuse them themselves and
+    sharded weights are gathered by hooks around PEFT's own calls, so neither is touched. Returns how many."""
+    if recipe.method == "full" or not recipe.fused_lora or recipe.distributed in ("zero3", "fsdp"):
+        return 0
+    from pipeline.training.fused_lora import fuse_lora_layers
+
+    fused = fuse_lora_layers(model)
+    if fused:
+        reporter(f"fused {fused} LoRA layers (base and adapter matmuls in one autograd op each)", {})
+    return fused
+
+
 def cpu_has_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -188,6 +212,7 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
         logging_nan_inf_filter=False,  # a NaN loss is reported as NaN (the filter also costs a host sync per step)
         optim=recipe.optimizer,
         dataloader_num_workers=0,
+        dataset_num_proc=tokenizing_processes(len(rows)),
         disable_tqdm=True,
         **device_flags(recipe, compiling.decision.compile),
         **trainer_args(recipe.distributed),
@@ -209,9 +234,11 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
                             processing_class=tokenizer, peft_config=peft_config(recipe), callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # progress goes through the reporter, not raw dicts on stdout
     gather_blocks_whole(trainer.model, recipe.distributed)
+    compiling.restore(reporter)
     if compiling.decision.compile:
-        compiling.restore(reporter)
         reporter(f"compiled {compile_repeated_blocks(trainer.model)} repeated blocks (dynamic shapes)", {})
+    else:
+        fuse_lora(trainer.model, recipe, reporter)
     if _unpacked_padding_free(recipe):
         check_lengths(trainer.train_dataset, recipe.max_length)
     phases["prepare_s"] = time.monotonic() - phase_start  # tokenisation and the trainer's set-up
@@ -227,7 +254,7 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
     runtime = time.monotonic() - started
     phases["compile_s"] = compile_seconds() - compiled_before  # compiles happen lazily, inside the first steps
     phases["train_s"] = runtime - phases["compile_s"]
-    if compiling.decision.compile and trainer.is_world_process_zero():
+    if trainer.is_world_process_zero():
         phases.update(compiling.persist(reporter))
     phase_start = time.monotonic()
     save_final_weights_whole(trainer)  # checkpoints were sharded; what we hand on is whole
