@@ -144,12 +144,54 @@ def ours_worker(model_dir: Path, train: Path, method: str, out: Path, overrides:
     return {"marks": marks, "phases": result.phases, "peak_gib": peak, **_clock_summary(clock, losses, result.global_step)}
 
 
-def run_worker(kind: str, spec: dict, work: Path, cache_uri: str | None) -> dict:
+def unsloth_worker(model_dir: Path, train: Path, method: str, out: Path, overrides: dict) -> dict:
+    """Unsloth as its README runs it: FastLanguageModel (16-bit LoRA on the bf16 base, its own kernels and
+    gradient checkpointing) and TRL's SFTTrainer, with the peer's hyperparameters and our prompt/completion rows
+    (loss on the answer, as ours). Runs in its own environment (`--unsloth-site`): Unsloth pins transformers<=5.17,
+    trl<=1.15 and datasets<5."""
+    import unsloth  # noqa: F401  first: it patches transformers and TRL as they are imported
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+    from unsloth import FastLanguageModel
+
+    from pipeline.training.sft import load_prompt_completion
+
+    clock = step_clock()
+    marks = {"imports": time.time()}
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        str(model_dir), max_seq_length=1024, dtype=torch.bfloat16, load_in_4bit=False, full_finetuning=method == "full")
+    if method == "lora":
+        model = FastLanguageModel.get_peft_model(
+            model, r=16, lora_alpha=32, lora_dropout=0.0, bias="none", random_state=42,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            use_gradient_checkpointing=overrides.get("gradient_checkpointing", "unsloth"))
+    marks["load"] = time.time()
+    config = SFTConfig(output_dir=str(out / "checkpoints"), per_device_train_batch_size=16, num_train_epochs=1,
+                       learning_rate=PEER_LR[method], lr_scheduler_type="linear", warmup_steps=0, logging_steps=10,
+                       save_strategy="no", report_to=[], seed=42, bf16=True, optim="adamw_torch_fused",
+                       max_length=1024, completion_only_loss=True, disable_tqdm=True)
+    trainer = SFTTrainer(model=model, processing_class=tokenizer, args=config, callbacks=[clock],
+                         train_dataset=Dataset.from_list(load_prompt_completion(train)))
+    marks["tokenize"] = time.time()
+    trainer.train()
+    marks["train"] = time.time()
+    model.save_pretrained(str(out / "weights"))
+    marks["save"] = time.time()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"marks": marks, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "unsloth": unsloth.__version__, **_clock_summary(clock, losses, trainer.state.global_step)}
+
+
+def run_worker(kind: str, spec: dict, work: Path, cache_uri: str | None, unsloth_site: Path | None = None) -> dict:
     """Spawn one run as its own process (fresh Inductor and Triton caches) and time it from spawn to exit."""
     result_path = work / "result.json"
     local_caches = tempfile.mkdtemp(prefix="inductor-", dir=work)
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": local_caches, "TRITON_CACHE_DIR": f"{local_caches}/triton",
            "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if kind == "unsloth":  # its own pins: its site first, then this repo; none of our carried wheels
+        env["PYTHONPATH"] = f"{unsloth_site}{os.pathsep}{ROOT}"
+        env.update(HF_HUB_OFFLINE="1", UNSLOTH_DISABLE_STATISTICS="1", UNSLOTH_COMPILE_LOCATION=f"{local_caches}/unsloth")
     command = [sys.executable, __file__, "--worker", kind, "--spec", json.dumps(spec), "--result", str(result_path)]
     if cache_uri:
         command += ["--cache-uri", cache_uri]
@@ -190,7 +232,9 @@ def main() -> None:
                         "'_cache': 'fresh' gives that run an empty compile cache of its own, 'none' none")
     parser.add_argument("--tokenizer", type=Path, default=ROOT / ".bench_assets/smollm2")
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--worker", choices=["peer", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--unsloth-site", type=Path, help="a folder holding Unsloth and its pinned packages, for "
+                        "runs named unsloth* (bench/unsloth_site.sh builds it)")
+    parser.add_argument("--worker", choices=["peer", "ours", "unsloth"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--cache-uri", help=argparse.SUPPRESS)
@@ -200,9 +244,13 @@ def main() -> None:
     if args.worker:
         spec = json.loads(args.spec)
         out = Path(spec["out"])
-        r = (peer_worker(Path(spec["model"]), Path(spec["train"]), spec["method"], out, spec["overrides"])
-             if args.worker == "peer" else
-             ours_worker(Path(spec["model"]), Path(spec["train"]), spec["method"], out, spec["overrides"], args.cache_uri))
+        model, train, method = Path(spec["model"]), Path(spec["train"]), spec["method"]
+        if args.worker == "peer":
+            r = peer_worker(model, train, method, out, spec["overrides"])
+        elif args.worker == "unsloth":
+            r = unsloth_worker(model, train, method, out, spec["overrides"])
+        else:
+            r = ours_worker(model, train, method, out, spec["overrides"], args.cache_uri)
         args.result.write_text(json.dumps(r))
         return None
 
@@ -228,11 +276,14 @@ def main() -> None:
             overrides = json.loads(overrides or "{}")
             cache = overrides.pop("_cache", "shared")
             cache_uri = {"shared": shared_cache, "fresh": str(work / f"fresh-cache-{n}-{i}"), "none": None}[cache]
-            kind = "peer" if name.startswith("peer") else "ours"
+            kind = "peer" if name.startswith("peer") else "unsloth" if name.startswith("unsloth") else "ours"
+            if kind == "unsloth" and not args.unsloth_site:
+                parser.error("runs named unsloth* need --unsloth-site")
             spec = {"model": str(work / "model"), "train": str(train), "method": args.method,
                     "out": str(work / f"out-{n}-{i}"), "overrides": overrides}
             print(f"\n=== {n} examples: {name} {overrides} (cache {cache})", flush=True)
-            size["runs"][name] = {"overrides": overrides, "cache": cache, **run_worker(kind, spec, work, cache_uri)}
+            size["runs"][name] = {"overrides": overrides, "cache": cache,
+                                  **run_worker(kind, spec, work, cache_uri, args.unsloth_site)}
             summarise(report, args.out)
 
 
