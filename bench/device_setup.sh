@@ -3,7 +3,9 @@
 # deepspeed, pydantic, ...) over the machine's own torch, into /tmp/site. Source it: it exports PYTHONPATH.
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 ... -d .whl trl==1.16.0 datasets==5.2.0 ...
 #   pip wheel --no-deps deepspeed -w .whl        # deepspeed ships only an sdist
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+# compiled to bytecode once here, as any pip install does: without it every process of a benchmark compiles
+# transformers' sources again on import (seconds each)
+python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 python3 - <<'PY'

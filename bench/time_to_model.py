@@ -31,7 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.gpu_training import CONFIGS, build_model_dir, loss_gap, step_clock, tokenized_rows  # noqa: E402
+from bench.gpu_training import (CONFIGS, PEAK_BF16_TFLOPS, build_model_dir, flops_per_token, loss_gap,  # noqa: E402
+                                step_clock, tokenized_rows)
 
 DATA = ROOT / ".bench_assets/debian_chat.jsonl.gz"
 PEER_LR = {"lora": 2e-4, "full": 2e-5}
@@ -141,7 +142,8 @@ def ours_worker(model_dir: Path, train: Path, method: str, out: Path, overrides:
 
         print(compile_times(repr="str", aggregate=True), flush=True)
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    return {"marks": marks, "phases": result.phases, "peak_gib": peak, **_clock_summary(clock, losses, result.global_step)}
+    return {"marks": marks, "phases": result.phases, "peak_gib": peak, "real_tokens": result.tokens_seen,
+            **_clock_summary(clock, losses, result.global_step)}
 
 
 def unsloth_worker(model_dir: Path, train: Path, method: str, out: Path, overrides: dict) -> dict:
@@ -287,11 +289,25 @@ def main() -> None:
             summarise(report, args.out)
 
 
+def add_mfu(report: dict, r: dict, tokens: int | None) -> None:
+    """Model FLOPs utilisation over the whole run (spawn to saved weights), over training (the Trainer's loop,
+    compilation included) and steady (after warm-up); the FLOPs of the real tokens, as bench/gpu_training.py."""
+    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in report["gpu"]), None)
+    if not peak or not tokens:
+        return
+    flops = tokens * flops_per_token(report["params"], report["model"], report["method"], tokens / r["examples"])
+    p = r["phases_s"]
+    r["mfu"] = {"whole_run": flops / r["wall_s"] / (peak * 1e12),
+                "training": flops / (p["train"] + p["compile"]) / (peak * 1e12),
+                "steady": flops * r["steady_steps_per_s"] / r["steps"] / (peak * 1e12)}
+
+
 def summarise(report: dict, out: Path | None) -> None:
     """Print each size's table, whole-run ratio first, then steady; write the JSON after every run."""
     for n, size in report["sizes"].items():
         runs = size["runs"]
         peer = next((r for k, r in runs.items() if k.startswith("peer")), None)
+        tokens = next((r["real_tokens"] for r in runs.values() if r.get("real_tokens")), None)
         print(f"\n{report['model']} {report['method']}, {size['examples']} examples, {report['gpu']}")
         print(f"{'run':12} {'wall s':>7} {'x peer':>7} {'steady x':>8} {'steps':>5} {'peak GiB':>8}  phases (s)")
         for name, r in runs.items():
@@ -299,6 +315,8 @@ def summarise(report: dict, out: Path | None) -> None:
                 print(f"{name:12} failed: {r['failed']} after {r['wall_s']:.0f} s")
                 continue
             r["phases_s"] = phase_table(r)
+            r["examples"] = size["examples"]
+            add_mfu(report, r, tokens)
             ok = peer and "failed" not in peer
             ratio = peer["wall_s"] / r["wall_s"] if ok else float("nan")
             steady = r["steady_steps_per_s"] / peer["steady_steps_per_s"] if ok else float("nan")
@@ -310,6 +328,8 @@ def summarise(report: dict, out: Path | None) -> None:
             extra = ""
             if "phases" in r:
                 extra = f" | compiled={r['phases']['compiled']} cache_hit={r['phases']['compile_cache_hit']}"
+            if r.get("mfu"):
+                extra += " | MFU whole {whole_run:.1%} training {training:.1%} steady {steady:.1%}".format(**r["mfu"])
             if r.get("loss_gap"):
                 extra += f" | loss gap mean {r['loss_gap']['mean_relative_gap']:.2%} max {r['loss_gap']['max_relative_gap']:.2%}"
             print(f"{name:12} {r['wall_s']:>7.1f} {ratio:>6.2f}x {steady:>7.2f}x {r['steps']:>5} {peak:>8}  {phases}{extra}")

@@ -172,10 +172,6 @@ class TrainingRecipe(_Section):
         2, ge=2, description="Checkpoints kept; at least 2, so a crash while writing one still leaves a complete one.")
     liger_kernels: bool = Field(True, description="On a GPU, use Liger's fused RMSNorm/RoPE/SwiGLU/cross-entropy kernels "
                                 "when the liger-kernel package is installed (less memory, fewer kernel launches).")
-    fused_lora: bool = Field(
-        True, description="Run each LoRA layer as one autograd op (base and adapter matmuls together) instead of PEFT's "
-        "chain of modules: the same result with far less host work per step, which short-row steps on a GPU wait on. "
-        "Applies where it is exact (one vanilla adapter over a plain linear layer, unsharded weights, eager blocks).")
     torch_compile: bool | Literal["auto"] = Field(
         "auto", description="Compile each decoder block with torch.compile (inductor, dynamic shapes, one graph for all "
         "blocks and row lengths): fused kernels and far fewer launches per step, after a compile of a minute or so "

@@ -266,6 +266,16 @@ def test_resume_marker_is_written_after_each_save(tiny_model_dir, tmp_path):
     assert all((p / COMPLETE_MARKER).exists() for p in checkpoints)
 
 
+def test_no_checkpoint_is_written_after_the_last_step_unless_it_is_a_save_step(tiny_model_dir, tmp_path):
+    """The Trainer checkpoints after the last step by default; the final weights follow at once, so that write
+    (13 GB and 18 s for a 1B full fine-tune) is skipped. The periodic ones stay."""
+    recipe = training(tiny_model_dir, max_steps=5, save_steps=2, merge_adapter=False)
+    result = train_sft(canonical_train_file(tmp_path, 24), tiny_model_dir, tmp_path / "out", recipe, lambda m, x: None)
+    assert result.global_step == 5 and Path(result.adapter_path, "adapter_model.safetensors").exists()
+    checkpoints = sorted(p.name for p in (tmp_path / "out/checkpoints").glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-2", "checkpoint-4"]
+
+
 def test_evaluation_scores_a_fully_fine_tuned_model(tiny_model_dir, tmp_path):
     from pipeline.evaluation.report import evaluate
     from pipeline.recipe import EvaluationRecipe

@@ -71,3 +71,20 @@ def marker_callback():
                     write_marker(folder, state.global_step)
 
     return CheckpointMarker()
+
+
+def no_final_checkpoint_callback():
+    """A TrainerCallback that keeps the Trainer from writing a checkpoint after the last step unless that step is
+    a save step anyway. The Trainer saves one at the end by default; the final weights are saved right after
+    training, so it would only cost time: for a 1B full fine-tune, 13 GB of weights and optimizer states (18 s on
+    an H200 machine's disk), and an upload when checkpoints are mirrored. A crash between the last step and the
+    save resumes from the last periodic checkpoint, as a crash during training does."""
+    from transformers import TrainerCallback
+
+    class NoFinalCheckpoint(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):  # after the Trainer's own flow callback
+            periodic = state.save_steps > 0 and state.global_step % state.save_steps == 0
+            if state.global_step >= state.max_steps and not periodic:
+                control.should_save = False
+
+    return NoFinalCheckpoint()

@@ -69,11 +69,11 @@ def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any],
 
     from pipeline.models.base_model import file_sha256, weights_sha256
     from pipeline.training.checkpoint_mirror import mirror_callback, resume_point
-    from pipeline.training.checkpoints import marker_callback
+    from pipeline.training.checkpoints import marker_callback, no_final_checkpoint_callback
     from pipeline.training.distributed import (gather_blocks_whole, save_final_weights_whole, terse_parameter_repr,
                                                trainer_args)
     from pipeline.training.methods import check_method_runs_here
-    from pipeline.training.sft import device_flags, fuse_lora, merge_adapter
+    from pipeline.training.sft import device_flags, merge_adapter
 
     check_method_runs_here(training)
     set_seed(training.seed)
@@ -106,11 +106,10 @@ def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any],
     # after the config, so that under ZeRO-3 the policy loads partitioned (see train_sft)
     model = _policy(base_path, sft, training)
     trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer,
-                         callbacks=[reporting_callback(reporter), marker_callback()]
+                         callbacks=[reporting_callback(reporter), no_final_checkpoint_callback(), marker_callback()]
                          + ([mirror_callback(checkpoint_uri)] if checkpoint_uri else []))
     trainer.remove_callback(PrinterCallback)
     gather_blocks_whole(trainer.model, training.distributed)
-    fuse_lora(trainer.model, training, reporter)  # the reference pass disables the adapter: PEFT's forward runs it
     resume = resume_point(checkpoint_dir, checkpoint_uri, reporter, trainer.args)
     started = time.monotonic()
     with terse_parameter_repr(training.distributed):

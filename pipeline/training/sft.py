@@ -14,7 +14,7 @@ from pipeline.recipe import TrainingRecipe
 from pipeline.training.checkpoint_mirror import mirror_callback, resume_point
 from pipeline.training.distributed import (gather_blocks_whole, save_final_weights_whole, terse_parameter_repr,
                                            trainer_args, whole_model_loading)
-from pipeline.training.checkpoints import marker_callback
+from pipeline.training.checkpoints import marker_callback, no_final_checkpoint_callback
 from pipeline.training.compile_plan import plan_compile
 from pipeline.training.compile_cache import compile_seconds
 from pipeline.training.methods import check_method_runs_here, load_base, peft_config
@@ -100,19 +100,6 @@ def tokenizing_processes(examples: int, cpus: int | None = None) -> int | None:
     cpus = cpus or os.cpu_count() or 1
     processes = min(8, cpus // 2, examples // 1000)
     return processes if processes >= 2 else None
-
-
-def fuse_lora(model: Any, recipe: TrainingRecipe, reporter: Reporter) -> int:
-    """Eager LoRA layers as one autograd op each (`training.fused_lora`); compiled blocks fuse them themselves and
-    sharded weights are gathered by hooks around PEFT's own calls, so neither is touched. Returns how many."""
-    if recipe.method == "full" or not recipe.fused_lora or recipe.distributed in ("zero3", "fsdp"):
-        return 0
-    from pipeline.training.fused_lora import fuse_lora_layers
-
-    fused = fuse_lora_layers(model)
-    if fused:
-        reporter(f"fused {fused} LoRA layers (base and adapter matmuls in one autograd op each)", {})
-    return fused
 
 
 def cpu_has_bf16() -> bool:
@@ -222,7 +209,8 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
     model = load_base(base_path, recipe)
     phases = {"load_s": time.monotonic() - phase_start}
     phase_start = time.monotonic()
-    callbacks = [reporting_callback(reporter), marker_callback()]  # the marker first: the mirror uploads marked ones
+    # the marker first: the mirror uploads marked ones
+    callbacks = [reporting_callback(reporter), no_final_checkpoint_callback(), marker_callback()]
     if checkpoint_uri:
         callbacks.append(mirror_callback(checkpoint_uri))
     if evaluating and recipe.early_stopping_patience:
@@ -237,8 +225,6 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
     compiling.restore(reporter)
     if compiling.decision.compile:
         reporter(f"compiled {compile_repeated_blocks(trainer.model)} repeated blocks (dynamic shapes)", {})
-    else:
-        fuse_lora(trainer.model, recipe, reporter)
     if _unpacked_padding_free(recipe):
         check_lengths(trainer.train_dataset, recipe.max_length)
     phases["prepare_s"] = time.monotonic() - phase_start  # tokenisation and the trainer's set-up
