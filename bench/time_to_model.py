@@ -172,7 +172,9 @@ def unsloth_worker(model_dir: Path, train: Path, method: str, out: Path, overrid
     config = SFTConfig(output_dir=str(out / "checkpoints"), per_device_train_batch_size=16, num_train_epochs=1,
                        learning_rate=PEER_LR[method], lr_scheduler_type="linear", warmup_steps=0, logging_steps=10,
                        save_strategy="no", report_to=[], seed=42, bf16=True, optim="adamw_torch_fused",
-                       max_length=1024, completion_only_loss=True, disable_tqdm=True)
+                       max_length=1024, completion_only_loss=True, disable_tqdm=True,
+                       # Unsloth's own defaults otherwise: accumulation 2, weight decay 0.001, 8-bit AdamW
+                       gradient_accumulation_steps=1, weight_decay=0.0)
     trainer = SFTTrainer(model=model, processing_class=tokenizer, args=config, callbacks=[clock],
                          train_dataset=Dataset.from_list(load_prompt_completion(train)))
     marks["tokenize"] = time.time()
