@@ -178,6 +178,33 @@ def test_full_fine_tuning_saves_the_whole_model(tiny_model_dir, tmp_path):
     assert any(not torch.equal(trained[k], base[k]) for k in base)
 
 
+def test_a_full_model_is_saved_in_shards_and_hashed_as_one_after_the_other_would(tiny_model_dir, tmp_path,
+                                                                                 monkeypatch):
+    """Shards of at most SHARD_SIZE, hashed concurrently for lineage: the value is the serial one, the model loads
+    whole, and no pickled training arguments sit beside the weights."""
+    import hashlib
+
+    from transformers import AutoModelForCausalLM
+
+    import pipeline.models.base_model as base_model
+
+    monkeypatch.setattr(base_model, "SHARD_SIZE", "100KB")  # the tiny model is a few hundred KB in fp32
+    recipe = training(tiny_model_dir, method="full", max_steps=1)
+    result = train_sft(canonical_train_file(tmp_path, 8), tiny_model_dir, tmp_path / "out", recipe, lambda m, x: None)
+    folder = Path(result.model_path)
+    shards = sorted(folder.glob("*.safetensors"))
+    assert len(shards) >= 2 and (folder / "model.safetensors.index.json").exists()
+    assert not list(folder.glob("*.bin"))
+    serial = hashlib.sha256()
+    for shard in shards:
+        serial.update(shard.name.encode())
+        serial.update(hashlib.sha256(shard.read_bytes()).digest())
+    assert result.model_sha256 == serial.hexdigest()
+    reloaded = AutoModelForCausalLM.from_pretrained(folder)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert set(reloaded.state_dict()) == set(base.state_dict())
+
+
 def test_padding_free_batches_see_the_same_examples_and_loss_as_padded_ones(tiny_model_dir, tmp_path):
     # one flattened row per batch must attend within each example only: then its loss equals the padded batch's
     train = canonical_train_file(tmp_path, 16)

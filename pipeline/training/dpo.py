@@ -73,7 +73,7 @@ def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any],
     from pipeline.training.distributed import (gather_blocks_whole, save_final_weights_whole, terse_parameter_repr,
                                                trainer_args)
     from pipeline.training.methods import check_method_runs_here
-    from pipeline.training.sft import device_flags, merge_adapter
+    from pipeline.training.sft import device_flags, merge_adapter, save_full_model
 
     check_method_runs_here(training)
     set_seed(training.seed)
@@ -122,7 +122,7 @@ def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any],
         adapter_dir = save_trained_adapter(trainer, output_dir / "adapter")
     else:
         model_dir = output_dir / "model"
-        trainer.save_model(str(model_dir))  # every rank: the Trainer gathers sharded weights, rank 0 writes
+        save_full_model(trainer, model_dir, training)  # every rank: sharded weights are gathered, rank 0 writes
     if not trainer.is_world_process_zero():  # other ranks are done; rank 0 reports
         return {}
     tokenizer.save_pretrained(adapter_dir or model_dir)

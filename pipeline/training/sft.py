@@ -124,17 +124,30 @@ def check_lengths(dataset: Any, max_length: int) -> None:
                          "Lower data.quality.max_tokens or raise training.max_length.")
 
 
+def save_full_model(trainer: Any, model_dir: Path, recipe: TrainingRecipe) -> None:
+    """Whole weights as safetensors shards of at most SHARD_SIZE (hashed in parallel for lineage). Sharded runs
+    (ZeRO, FSDP) go through the Trainer, which gathers the weights and writes on rank 0."""
+    from pipeline.models.base_model import SHARD_SIZE
+
+    if recipe.distributed != "none":
+        trainer.save_model(str(model_dir))
+    elif trainer.is_world_process_zero():
+        trainer.model.save_pretrained(model_dir, safe_serialization=True, max_shard_size=SHARD_SIZE)
+
+
 def merge_adapter(base_path: Path, adapter_dir: Path, target: Path) -> Path:
     """Fold the adapter into a full-precision copy of the base and save it as safetensors, for servers without adapters."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from pipeline.models.base_model import SHARD_SIZE
+
     # a fresh full-precision base, so a QLoRA adapter is merged into real weights, not 4-bit ones
     with whole_model_loading():
         base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
         merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    merged.save_pretrained(target, safe_serialization=True)
+    merged.save_pretrained(target, safe_serialization=True, max_shard_size=SHARD_SIZE)
     AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(target)
     return target
 
@@ -248,7 +261,7 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
     adapter_dir = model_dir = None
     if recipe.method == "full":
         model_dir = output_dir / "model"
-        trainer.save_model(str(model_dir))
+        save_full_model(trainer, model_dir, recipe)
         tokenizer.save_pretrained(model_dir)
         reporter(f"saved full model to {model_dir}", {})
     else:
