@@ -1,6 +1,7 @@
 """Paying compilation once: the compile cache's key and round trip through the bucket, and the compile decision."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,11 @@ class FakeCompiler:
     """Stands in for torch.compiler's artifact calls: compiling a real graph on CPU takes a minute here."""
 
     def __init__(self, monkeypatch, produced: bytes = b"compiled kernels") -> None:
+        import tempfile
+
         self.produced, self.loaded = produced, []
+        # a compiled run also keeps Inductor's folder: an empty one of its own, not this machine's
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor-"))
         monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (self.produced, object()))
         monkeypatch.setattr(torch.compiler, "load_cache_artifacts", self._load)
 
@@ -172,7 +177,8 @@ def test_training_reports_its_phases_and_decision(tiny_model_dir, tmp_path):
 def test_an_eager_gpu_run_stores_its_triton_kernels_and_the_next_run_starts_with_them(tiny_model_dir, tmp_path,
                                                                                        monkeypatch):
     """Liger's kernels are built in the first steps of every process whose Triton cache is empty (each new pod);
-    the first eager run on a GPU stores the folder under its key and the next run unpacks it before its first step."""
+    the first eager run on a GPU stores the files it built under its key and the next run unpacks them before its
+    first step. Files that were there before the run (other models' kernels) stay out of the store."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -182,6 +188,9 @@ def test_an_eager_gpu_run_stores_its_triton_kernels_and_the_next_run_starts_with
     report = lambda m, x: messages.append(m)  # noqa: E731
 
     first_pod = tmp_path / "pod-1/triton"
+    (first_pod / "OLD").mkdir(parents=True)
+    (first_pod / "OLD/other_model.cubin").write_bytes(b"built by an earlier run")
+    os.utime(first_pod / "OLD/other_model.cubin", (1e9, 1e9))
     monkeypatch.setenv("TRITON_CACHE_DIR", str(first_pod))
     first = plan_compile(tiny_model_dir, recipe, rows(4), tokenizer, uri, report, on_gpu=True)
     assert not first.decision.compile and "eager" in first.decision.reason
@@ -199,23 +208,50 @@ def test_an_eager_gpu_run_stores_its_triton_kernels_and_the_next_run_starts_with
     second = plan_compile(tiny_model_dir, recipe, rows(4), tokenizer, uri, report, on_gpu=True)
     assert second.key == first.key
     second.restore(report)
-    assert second.kernels_loaded == 3
+    assert second.kernels_loaded == 3 and not (second_pod / "OLD").exists()
     assert (second_pod / "C3D4/swiglu_backward.cubin").read_bytes() == b"\x7fELF swiglu"
     assert second.persist(report) == {}  # a hit is not written back
     assert second.summary()["kernel_files_loaded"] == 3
-    assert any(m.startswith("loaded 3 Triton kernel files") for m in messages)
+    assert any(m.startswith("loaded 3 kernel files") for m in messages)
+
+
+def test_a_compiled_run_also_keeps_inductor_s_folder(tiny_model_dir, tmp_path, monkeypatch):
+    """PyTorch's cache artifacts skip code generation, not the kernel builds; the compiled graphs' kernels live in
+    Inductor's cache folder, which the store keeps beside the artifacts and the next machine unpacks first."""
+    compiler = FakeCompiler(monkeypatch)
+    recipe = TrainingRecipe(torch_compile=True)
+    uri = str(tmp_path / "cache")
+    report = lambda m, x: None  # noqa: E731
+    for pod in ("pod-1", "pod-2"):
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / pod / "inductor"))
+        monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / pod / "inductor/triton/0"))
+        plan = plan_compile(tiny_model_dir, recipe, rows(4), None, uri, report, on_gpu=True)
+        plan.restore(report)
+        if pod == "pod-1":
+            built = tmp_path / pod / "inductor"
+            for name in ("fxgraph/ab/graph", "ab/cabc.py", "triton/0/K1/kernel.cubin"):
+                (built / name).parent.mkdir(parents=True, exist_ok=True)
+                (built / name).write_bytes(name.encode())
+            plan.persist(report)
+            assert plan.kernels_loaded == 0
+    assert plan.loaded and compiler.loaded == [b"compiled kernels"]
+    assert plan.kernels_loaded == 3
+    assert (tmp_path / "pod-2/inductor/triton/0/K1/kernel.cubin").read_bytes() == b"triton/0/K1/kernel.cubin"
+    # an eager run of the same model keeps its own kernels: it does not take the compiled run's
+    eager = plan_compile(tiny_model_dir, TrainingRecipe(torch_compile=False), rows(4), None, uri, report, on_gpu=True)
+    assert eager.key == plan.key and eager._kernels is None
 
 
 def test_kernel_archives_keep_to_their_folder_and_what_is_there(tmp_path):
     import io
     import tarfile
 
-    from pipeline.training.compile_cache import pack_kernel_dir, unpack_kernel_dir
+    from pipeline.training.compile_cache import pack_folders, unpack_folders
 
-    assert pack_kernel_dir(tmp_path / "none") is None
+    assert pack_folders({"triton": tmp_path / "none"}) is None
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, body in (("../escape.cubin", b"x"), ("ok/k.cubin", b"new")):
+        for name, body in (("triton/ok/k.cubin", b"new"), ("triton/../escape.cubin", b"x"), ("elsewhere/x", b"y")):
             info = tarfile.TarInfo(name)
             info.size = len(body)
             tar.addfile(info, io.BytesIO(body))
@@ -223,7 +259,7 @@ def test_kernel_archives_keep_to_their_folder_and_what_is_there(tmp_path):
     (target / "ok").mkdir(parents=True)
     (target / "ok/k.cubin").write_bytes(b"local")
     with pytest.raises(tarfile.OutsideDestinationError):
-        unpack_kernel_dir(buffer.getvalue(), target)
+        unpack_folders(buffer.getvalue(), {"triton": target})
     assert not (tmp_path / "escape.cubin").exists()
     assert (target / "ok/k.cubin").read_bytes() == b"local"
 
@@ -237,3 +273,68 @@ def test_a_cpu_run_keeps_no_kernel_cache(tiny_model_dir, tmp_path, monkeypatch):
     plan.restore(lambda m, x: None)
     assert plan.persist(lambda m, x: None) == {}
     assert not (tmp_path / "cache").exists()
+
+
+ROUND_TRIP = """
+import json, sys
+import torch
+from pathlib import Path
+from pipeline.recipe import TrainingRecipe
+from pipeline.training.compile_plan import plan_compile
+from torch._dynamo.utils import compilation_time_metrics, counters
+
+model_dir, store = Path(sys.argv[1]), sys.argv[2]
+plan = plan_compile(model_dir, TrainingRecipe(torch_compile=True), [], None, store, lambda m, x: None)
+plan.restore(lambda m, x: None)
+class Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm, self.up, self.down = torch.nn.LayerNorm(32), torch.nn.Linear(32, 64), torch.nn.Linear(64, 32)
+
+    def forward(self, x):
+        return x + self.down(torch.nn.functional.gelu(self.up(self.norm(x))))
+
+
+torch.manual_seed(0)
+block = Block()
+block.compile(dynamic=True)
+for rows in (40, 72):  # two lengths, one dynamic graph
+    block(torch.randn(rows, 32, requires_grad=True)).square().mean().backward()
+plan.persist(lambda m, x: None)
+print(json.dumps({"hits": counters["inductor"]["fxgraph_cache_hit"], "misses": counters["inductor"]["fxgraph_cache_miss"],
+                  "kernel_build_s": sum(compilation_time_metrics.get("compile_file", [])), "kernel_builds": len(compilation_time_metrics.get("compile_file", [])), **plan.summary()}))
+"""
+
+
+def test_a_real_compile_restored_on_a_fresh_machine_builds_almost_no_kernels(tiny_model_dir, tmp_path):
+    """torch.compile on this CPU, in processes with their own empty Inductor caches (machines) sharing one store:
+    the first builds its kernels (C++ here, Triton on a GPU) and stores them; the second builds almost none. A third
+    that finds only PyTorch's portable artifacts in its store builds most of them again: the kernel folder is what
+    saves the builds."""
+    import shutil
+    import subprocess
+    import sys
+
+    script = tmp_path / "round_trip.py"  # a file: Dynamo does not trace code run from `python -c`
+    script.write_text(ROUND_TRIP)
+
+    def machine(name: str, store: Path) -> dict:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / name / "inductor")}
+        done = subprocess.run([sys.executable, str(script), str(tiny_model_dir), str(store)], env=env,
+                              capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    store = tmp_path / "bucket/compile-cache"
+    first = machine("first", store)
+    second = machine("second", store)
+    artifacts_only = tmp_path / "other-bucket"
+    [portable] = store.rglob("*.bin")
+    (artifacts_only / portable.relative_to(store)).parent.mkdir(parents=True)
+    shutil.copy(portable, artifacts_only / portable.relative_to(store))
+    third = machine("third", artifacts_only)
+
+    assert first["kernel_builds"] >= 4 and first["compile_cache_bytes_stored"] > 0 and first["hits"] == 0
+    assert second["compile_cache_hit"] and second["kernel_files_loaded"] > 0 and second["hits"] > 0
+    assert second["kernel_builds"] <= first["kernel_builds"] // 4
+    assert third["compile_cache_hit"] and third["hits"] > 0 and third["kernel_builds"] >= first["kernel_builds"] // 2

@@ -132,7 +132,8 @@ def test_killed_run_resumes_from_its_latest_checkpoint_and_ends_at_the_same_step
         time.sleep(0.05)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    assert first.returncode == -signal.SIGKILL, "the first attempt finished before it could be killed"
+    assert first.returncode == -signal.SIGKILL, (
+        f"the first attempt ended (exit {first.returncode}) before it could be killed: {first.stderr.read()[-2000:]}")
     killed_at = latest_complete(out / "checkpoints")
     assert killed_at is not None and not (out / "result.json").exists()
 

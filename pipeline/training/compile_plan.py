@@ -1,8 +1,9 @@
-"""One run's compile plan: look up the compile cache, decide whether to compile, load the cached kernels before the
-first step and store what was built after training.
+"""One run's compile plan: look up the compile cache, decide whether to compile, restore the cached kernels before
+the first step and store what was built after training.
 
-A compiled run caches torch.compile's artifacts; an eager run on a GPU caches its Triton kernel folder (Liger's
-kernels, built on first use), so no job size pays for kernel builds twice on machines of one kind.
+Every GPU run keeps the kernel folders it built (`compile_cache.kernel_folders`) under its key: an eager run its
+Triton kernels (Liger's, built on first use), a compiled run Inductor's cache as well, beside PyTorch's portable
+cache artifacts. So no job size pays for the same kernel builds twice on machines of one kind.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.recipe import TrainingRecipe
-from pipeline.training.compile_cache import (COMPILED, TRITON_KERNELS, CompileCacheStore, cache_key, compile_counters,
-                                             pack_kernel_dir, persist_compile_cache, triton_cache_dir,
-                                             unpack_kernel_dir)
+from pipeline.training.compile_cache import (COMPILED, KERNELS, CompileCacheStore, cache_key, compile_counters,
+                                             kernel_folders, pack_folders, persist_compile_cache, unpack_folders)
 from pipeline.training.compile_policy import CompileDecision, decide_compile, expected_training_tokens
 
 Reporter = Callable[[str, dict], None]
@@ -25,27 +25,29 @@ class CompilePlan:
                  cached: bytes | None, kernels: bytes | None = None, on_gpu: bool = False) -> None:
         self.decision, self.store, self.key, self._cached = decision, store, key, cached
         self._kernels, self._on_gpu = kernels, on_gpu
-        self.loaded = False
-        self.kernels_loaded = 0  # Triton kernel files an eager run took from the store
+        self.loaded = False  # PyTorch's cache artifacts were loaded
+        self.kernels_loaded = 0  # kernel files taken from the store
         self.cache_bytes_stored = 0
+        self._started = time.time()  # kernel files written from here on are this run's
 
     @property
-    def _eager_kernels(self) -> bool:
-        """Whether this run keeps its Triton kernel folder in the store: eager, on a GPU, with a store."""
-        return self.store is not None and not self.decision.compile and self._on_gpu
+    def _keeps_kernels(self) -> bool:
+        """Whether this run keeps its kernel folders in the store: on a GPU (a CPU run builds no Triton kernels;
+        compiled, its C++ kernels are kept all the same), with a store."""
+        return self.store is not None and (self._on_gpu or self.decision.compile)
 
     def restore(self, reporter: Reporter) -> None:
-        """Load the cached artifacts into this process's caches, before the first step builds any kernel."""
-        if self.decision.compile:
-            self._restore_compiled(reporter)
-        elif self._eager_kernels and self._kernels is not None:
+        """Put the stored kernels and artifacts in this process's caches, before the first step builds any."""
+        if self._keeps_kernels and self._kernels is not None:
             try:
-                self.kernels_loaded = unpack_kernel_dir(self._kernels, triton_cache_dir())
+                self.kernels_loaded = unpack_folders(self._kernels, kernel_folders(self.decision.compile))
             except Exception as e:  # a broken upload: the kernels are built again, as without a cache
                 reporter(f"kernel cache {self.key} unreadable ({type(e).__name__}); building kernels", {})
-                return
-            reporter(f"loaded {self.kernels_loaded} Triton kernel files from {self.key} "
-                     f"({len(self._kernels) / 2**20:.1f} MiB)", {})
+            else:
+                reporter(f"loaded {self.kernels_loaded} kernel files from {self.key} "
+                         f"({len(self._kernels) / 2**20:.1f} MiB)", {})
+        if self.decision.compile:
+            self._restore_compiled(reporter)
 
     def _restore_compiled(self, reporter: Reporter) -> None:
         if self._cached is None:
@@ -65,26 +67,29 @@ class CompilePlan:
         """Store what this run built when the store did not have it; returns the seconds it took."""
         if self.store is None:
             return {}
+        started = time.monotonic()
+        stored = False
         if self.decision.compile and not self.loaded:
-            started = time.monotonic()
             self.cache_bytes_stored, message = persist_compile_cache(self.store, self.key)
-        elif self._eager_kernels and not self.kernels_loaded:
-            started = time.monotonic()
-            self.cache_bytes_stored, message = self._persist_kernels()
-        else:
-            return {}
-        reporter(message, {})
-        return {"cache_store_s": time.monotonic() - started}
+            reporter(message, {})
+            stored = True
+        cold = not self.loaded if self.decision.compile else self._kernels is None
+        if self._keeps_kernels and self._kernels is None and cold:
+            size, message = self._persist_kernels()
+            self.cache_bytes_stored += size
+            reporter(message, {})
+            stored = True
+        return {"cache_store_s": time.monotonic() - started} if stored else {}
 
     def _persist_kernels(self) -> tuple[int, str]:
         try:
-            packed = pack_kernel_dir(triton_cache_dir())
+            packed = pack_folders(kernel_folders(self.decision.compile), since=self._started - 1.0)
             if packed is None:
-                return 0, "no Triton kernels built; nothing to cache"
-            where = self.store.put(self.key, packed, kind=TRITON_KERNELS)
+                return 0, "no kernels built; nothing to cache"
+            where = self.store.put(self.key, packed, kind=_kernel_kind(self.decision.compile))
         except Exception as e:  # the weights matter, the cache does not: report and go on
             return 0, f"kernel cache not stored ({type(e).__name__}: {str(e)[:120]})"
-        return len(packed), f"stored Triton kernels at {where} ({len(packed) / 2**20:.1f} MiB)"
+        return len(packed), f"stored kernels at {where} ({len(packed) / 2**20:.1f} MiB)"
 
     def summary(self) -> dict[str, Any]:
         counters = compile_counters() if self.decision.compile else {}
@@ -96,8 +101,8 @@ class CompilePlan:
 
 def plan_compile(base_path: Path, recipe: TrainingRecipe, rows: list[dict[str, Any]], tokenizer: Any,
                  cache_uri: str | None, reporter: Reporter, on_gpu: bool | None = None) -> CompilePlan:
-    """Decide from the expected tokens and whether the store holds a compile for this model, GPU and torch; an
-    eager run on a GPU fetches the Triton kernels cached for the same key."""
+    """Decide from the expected tokens and whether the store holds a compile for this model, GPU and torch, and
+    fetch the kernels stored under the same key for a run compiled (or eager) as this one will be."""
     import torch
     from transformers import AutoConfig
 
@@ -111,9 +116,14 @@ def plan_compile(base_path: Path, recipe: TrainingRecipe, rows: list[dict[str, A
     tokens = expected_training_tokens(rows, tokenizer, recipe) if recipe.torch_compile == "auto" else 0
     decision = decide_compile(recipe, tokens, cached is not None, on_gpu)
     reporter(decision.reason, {})
-    if store is not None and on_gpu and not decision.compile:
-        kernels = _fetch(store, key, TRITON_KERNELS, reporter)
+    if store is not None and (on_gpu or decision.compile):
+        kernels = _fetch(store, key, _kernel_kind(decision.compile), reporter)
     return CompilePlan(decision, store, key, cached, kernels, on_gpu)
+
+
+def _kernel_kind(compiled: bool) -> str:
+    """Compiled and eager runs of one key build different kernels, so each keeps its own archive."""
+    return f"compiled.{KERNELS}" if compiled else f"eager.{KERNELS}"
 
 
 def _fetch(store: CompileCacheStore, key: str, kind: str, reporter: Reporter) -> bytes | None:
