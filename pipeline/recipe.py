@@ -136,8 +136,9 @@ class LoraRecipe(_Section):
 
 # Break-even training tokens for torch_compile auto, measured with bench/time_to_model.py on an H200 (~1B LoRA,
 # batches of 16 short chat examples): compiled steps took 35 us a token less than eager ones (25.7 s against 50.1 s
-# for 688k tokens), for a compile of 85 s cold and 57-60 s with the cache loaded (Dynamo still traces; the cache
-# holds Inductor's and Triton's work). Below these, eager finishes first.
+# for 688k tokens), for a compile of 85 s cold and 57-60 s with PyTorch's cache artifacts loaded (they skip code
+# generation, not the kernel builds; runs now also keep Inductor's kernel folder, not yet measured on a GPU, so the
+# cached threshold stays the conservative one). Below these, eager finishes first.
 COMPILE_MIN_TOKENS = 2_400_000
 COMPILE_MIN_TOKENS_CACHED = 1_700_000
 
