@@ -13,6 +13,10 @@ compile is cold unless that store has it. Data: the real Debian chat records (`-
     python bench/time_to_model.py --model 1b --method lora --examples 1000 5000 \\
         --runs peer 'auto={"torch_compile": "auto"}' 'eager={"torch_compile": false}' --out bench/out/ttm.json
     python bench/time_to_model.py --model tiny --examples 64 --runs peer 'auto={}'   # CPU smoke run
+
+Runs named unsloth* run Unsloth (FastLanguageModel + TRL, the peer's hyperparameters) in its own environment, a
+folder holding it and the versions it pins (`--unsloth-site`; bench/unsloth_site.sh builds it). Each run reports
+MFU over the whole run, over the training loop (compilation included) and steady, and its first steps' times.
 """
 
 from __future__ import annotations
