@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -33,6 +36,56 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until(condition, timeout: float, interval: float = 0.1) -> bool:
+    """Poll `condition` until it is true (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return False
+
+
+@contextmanager
+def running(app, port: int, start_timeout: float = 30):
+    """uvicorn serving `app` on 127.0.0.1:port in a thread, yielding its base URL; shut down (lifespan included) on
+    exit, also when the test fails."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    if not wait_until(lambda: server.started or not thread.is_alive(), start_timeout, interval=0.05) or not server.started:
+        raise RuntimeError("uvicorn did not start")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+
+
+def trained_copy(model_dir: Path, target: Path, batch, steps: int, lr: float = 1e-2) -> Path:
+    """A copy of the model at `model_dir` trained for `steps` AdamW steps (seed 0) and saved to `target` as
+    safetensors: a model with a planted skill or bias. `batch(tokenizer)` gives each step's model keyword arguments,
+    labels included."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    shutil.copytree(model_dir, target, dirs_exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    model = AutoModelForCausalLM.from_pretrained(target)
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    for _ in range(steps):
+        model(**batch(tokenizer)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(target, safe_serialization=True)
+    return target
 
 
 def sample_chat_records(limit: int) -> list[dict]:

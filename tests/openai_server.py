@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pydantic import BaseModel
-from tests.conftest import free_port
+from tests.conftest import free_port, running
 
 
 class Message(BaseModel):
@@ -52,19 +52,5 @@ def chat_app(model_dir: Path):
 @contextmanager
 def serving(model_dir: Path) -> Iterator[str]:
     """Serve `model_dir` and yield its base URL (`http://127.0.0.1:PORT/v1`)."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(chat_app(model_dir), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("test server did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with running(chat_app(model_dir), free_port(), start_timeout=60) as url:
+        yield f"{url}/v1"

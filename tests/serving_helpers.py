@@ -1,10 +1,7 @@
-"""Helpers for the serving tests: tiny LoRA adapters, gated registry versions, a real server on a free port."""
+"""Helpers for the serving tests: tiny LoRA adapters and gated registry versions."""
 
 from __future__ import annotations
 
-import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.evaluation.gate import GATE_PASSED_TAG
@@ -33,23 +30,3 @@ def gated_registry(store: Path, name: str, adapters: list[Path]) -> tuple[ModelR
         run_id = client.create_run(registry.experiment_id("serving-test")).info.run_id
         versions.append(registry.register(name, run_id, adapter, {GATE_PASSED_TAG: "true"}, description="test"))
     return registry, versions
-
-
-@contextmanager
-def running(app, port: int):
-    """uvicorn serving `app` on 127.0.0.1:port in a thread; shut down (lifespan included) on exit."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)

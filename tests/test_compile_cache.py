@@ -55,12 +55,10 @@ def test_s3_store_round_trip(monkeypatch):
 class FakeCompiler:
     """Stands in for torch.compiler's artifact calls: compiling a real graph on CPU takes a minute here."""
 
-    def __init__(self, monkeypatch, produced: bytes = b"compiled kernels") -> None:
-        import tempfile
-
+    def __init__(self, monkeypatch, inductor_dir: Path, produced: bytes = b"compiled kernels") -> None:
         self.produced, self.loaded = produced, []
         # a compiled run also keeps Inductor's folder: an empty one of its own, not this machine's
-        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor-"))
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(inductor_dir))
         monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (self.produced, object()))
         monkeypatch.setattr(torch.compiler, "load_cache_artifacts", self._load)
 
@@ -77,7 +75,7 @@ def rows(n: int) -> list[dict]:
 
 
 def test_a_compile_is_stored_after_the_first_run_and_loaded_by_the_next(tiny_model_dir, tmp_path, monkeypatch):
-    compiler = FakeCompiler(monkeypatch)
+    compiler = FakeCompiler(monkeypatch, tmp_path / "inductor")
     recipe = TrainingRecipe(torch_compile=True)
     messages = []
     report = lambda m, x: messages.append(m)  # noqa: E731
@@ -99,7 +97,7 @@ def test_a_compile_is_stored_after_the_first_run_and_loaded_by_the_next(tiny_mod
 
 
 def test_an_unreadable_cache_means_a_compile_from_scratch(tiny_model_dir, tmp_path, monkeypatch):
-    compiler = FakeCompiler(monkeypatch)
+    compiler = FakeCompiler(monkeypatch, tmp_path / "inductor")
     recipe = TrainingRecipe(torch_compile=True)
     uri = str(tmp_path / "cache")
     key = plan_compile(tiny_model_dir, recipe, rows(4), None, uri, lambda m, x: None).key
@@ -113,7 +111,7 @@ def test_an_unreadable_cache_means_a_compile_from_scratch(tiny_model_dir, tmp_pa
 
 
 def test_persist_reports_a_store_it_cannot_write_and_goes_on(tmp_path, monkeypatch):
-    FakeCompiler(monkeypatch)
+    FakeCompiler(monkeypatch, tmp_path / "inductor")
     (tmp_path / "file").write_text("not a folder")
     stored, message = persist_compile_cache(CompileCacheStore(str(tmp_path / "file")), "k")
     assert stored == 0 and message.startswith("compile cache not stored")
@@ -218,7 +216,7 @@ def test_an_eager_gpu_run_stores_its_triton_kernels_and_the_next_run_starts_with
 def test_a_compiled_run_also_keeps_inductor_s_folder(tiny_model_dir, tmp_path, monkeypatch):
     """PyTorch's cache artifacts skip code generation, not the kernel builds; the compiled graphs' kernels live in
     Inductor's cache folder, which the store keeps beside the artifacts and the next machine unpacks first."""
-    compiler = FakeCompiler(monkeypatch)
+    compiler = FakeCompiler(monkeypatch, tmp_path / "inductor")
     recipe = TrainingRecipe(torch_compile=True)
     uri = str(tmp_path / "cache")
     report = lambda m, x: None  # noqa: E731

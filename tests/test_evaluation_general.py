@@ -2,7 +2,6 @@
 
 import json
 import random
-import shutil
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 from pipeline.evaluation.general import build_items, regression_failures, run_tasks, write_items
 from pipeline.recipe import GeneralCapabilityRecipe, TrainingRecipe
 from pipeline.training.sft import train_sft
-from tests.conftest import sample_chat_records
+from tests.conftest import sample_chat_records, trained_copy
 
 GENERAL = GeneralCapabilityRecipe(cloze_docs=24, perplexity_docs=8, passage_words=60, batch_size=8)
 
@@ -23,28 +22,16 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 @pytest.fixture(scope="module")
 def prose_base(tiny_model_dir, tmp_path_factory) -> Path:
     """The tiny model pretrained briefly on the general prose, so it has a general skill there is to forget."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from pipeline.evaluation.general import prose_paragraphs
 
-    folder = tmp_path_factory.mktemp("prose-base")
-    shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    torch.manual_seed(0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     paragraphs = prose_paragraphs(GENERAL.prose)
     rng = random.Random(0)
-    for _ in range(60):
-        batch = tokenizer(rng.sample(paragraphs, 8), return_tensors="pt", padding=True, truncation=True, max_length=64)
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        loss = model(**batch, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.save_pretrained(folder, safe_serialization=True)
-    return folder
+
+    def batch(tokenizer) -> dict:
+        rows = tokenizer(rng.sample(paragraphs, 8), return_tensors="pt", padding=True, truncation=True, max_length=64)
+        return {**rows, "labels": rows["input_ids"].masked_fill(rows["attention_mask"] == 0, -100)}
+
+    return trained_copy(tiny_model_dir, tmp_path_factory.mktemp("prose-base"), batch, steps=60)
 
 
 def score(model_dir: Path, adapter: Path | None, paths) -> dict:

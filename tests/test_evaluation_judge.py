@@ -3,7 +3,6 @@ answer, is cancelled out by judging each pair in both orders."""
 
 import json
 import random
-import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from pipeline.evaluation.judge import JUDGE_SYSTEM, EndpointJudge, ReferenceJudge, compare, judge_prompt, parse_verdict
 from pipeline.paths import PROJECT_ROOT
 from pipeline.recipe import JudgeRecipe
+from tests.conftest import trained_copy
 from tests.openai_server import serving
 
 BIASED_REPLY = "Verdict: A\nThe first answer is better."
@@ -32,17 +32,11 @@ def sample_pairs(limit: int) -> list[tuple[str, str]]:
 def first_position_judge(tiny_model_dir, tmp_path_factory) -> Path:
     """The tiny model fine-tuned to answer every judge prompt with `Verdict: A`: a planted order bias."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = tmp_path_factory.mktemp("biased-judge")
-    shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder)
     pairs = sample_pairs(24)
     rng = random.Random(0)
-    torch.manual_seed(0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(40):
+
+    def batch(tokenizer) -> dict:
         rows = []
         for request, reference in rng.sample(pairs, 4):
             other = rng.choice(pairs)[1]
@@ -54,14 +48,11 @@ def first_position_judge(tiny_model_dir, tmp_path_factory) -> Path:
                                                  return_dict=True)["input_ids"]
             rows.append((full, [-100] * len(head) + full[len(head):]))
         width = max(len(ids) for ids, _ in rows)
-        ids = torch.tensor([ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids, _ in rows])
-        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
-        mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in rows])
-        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.save_pretrained(folder, safe_serialization=True)
-    return folder
+        return {"input_ids": torch.tensor([ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids, _ in rows]),
+                "labels": torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows]),
+                "attention_mask": torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in rows])}
+
+    return trained_copy(tiny_model_dir, tmp_path_factory.mktemp("biased-judge"), batch, steps=40)
 
 
 def test_position_swap_cancels_a_planted_order_bias(first_position_judge):

@@ -10,6 +10,7 @@ import time
 
 from pipeline.serving import events
 from pipeline.serving.feedback_writer import FeedbackWriter
+from tests.conftest import wait_until
 
 
 class FlakyBucket:
@@ -33,20 +34,12 @@ def event(ts: str | None = None) -> dict:
     return {**e, "ts": ts} if ts else e
 
 
-def wait_for(condition, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
-
 
 def test_the_timer_flushes_without_being_asked():
     bucket = FlakyBucket()
     writer = FeedbackWriter(bucket.write, flush_events=1000, flush_seconds=0.2)
     writer.record(event())
-    assert wait_for(lambda: bucket.objects)
+    assert wait_until(lambda: bucket.objects, timeout=10)
     writer.close()
 
 
@@ -57,7 +50,7 @@ def test_a_full_buffer_flushes_at_once_and_record_never_waits_on_a_slow_bucket()
     for _ in range(50):
         writer.record(event())
     assert time.perf_counter() - start < 0.2  # the one-second writes happen on the writer's thread
-    assert wait_for(lambda: sum(len(v) for v in bucket.objects.values()) >= 5)
+    assert wait_until(lambda: sum(len(v) for v in bucket.objects.values()) >= 5, timeout=10)
     writer.close()
     assert sum(len(v) for v in bucket.objects.values()) == 50
 

@@ -6,7 +6,6 @@ lineage still names the data it was trained on, and the rolled-back version name
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -22,18 +21,8 @@ from pipeline.serving.app import build_app
 from pipeline.serving.registry_source import RegistrySource
 from pipeline.serving.server import build_server
 from resources import Bucket, BucketJsonIOManager, ModelRegistry, RecipeResource, TrainingLauncher
-from tests.conftest import tiny_recipe
-from tests.conftest import free_port
-from tests.serving_helpers import running
+from tests.conftest import free_port, running, tiny_recipe, wait_until
 
-
-def wait_until(condition, timeout: float = 60) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_served_feedback_retrains_a_canary_that_worse_feedback_rolls_back(tiny_model_dir, tmp_path):
@@ -91,7 +80,8 @@ def test_served_feedback_retrains_a_canary_that_worse_feedback_rolls_back(tiny_m
         assert retrained is not None, "the sensor never asked for a retraining"
         v2 = retrained.output_for_node("registry_entry")["version"]
         assert retrained.output_for_node("registry_entry")["aliases"] == ["challenger", "canary"]
-        assert wait_until(lambda: http.get(f"{url}/healthz", timeout=10).json()["live"] == {"champion": v1, "canary": v2})
+        assert wait_until(lambda: http.get(f"{url}/healthz", timeout=10).json()["live"] == {"champion": v1, "canary": v2},
+                          timeout=60)
 
         # 3. the canary answers worse than the champion (live ratings), and the canary decision rolls it back
         for pkg in packages[16:28]:
@@ -105,7 +95,8 @@ def test_served_feedback_retrains_a_canary_that_worse_feedback_rolls_back(tiny_m
         assert decision.asset_events[0].metadata["action"].value == "rollback"
         assert registry.version_by_alias(name, "canary") is None
         assert str(registry.version_by_alias(name, "champion").version) == v1
-        assert wait_until(lambda: http.get(f"{url}/healthz", timeout=10).json()["live"] == {"champion": v1})
+        assert wait_until(lambda: http.get(f"{url}/healthz", timeout=10).json()["live"] == {"champion": v1},
+                          timeout=60)
         assert ask(packages[0], name)["served_by"]["version"] == v1
 
     move = registry.alias_history(name)[-1]

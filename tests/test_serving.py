@@ -20,8 +20,8 @@ from pipeline.serving.events import load_schema
 from pipeline.serving.registry_source import RegistrySource
 from pipeline.serving.server import build_server
 from resources import Bucket
-from tests.conftest import free_port
-from tests.serving_helpers import gated_registry, running, tiny_adapter
+from tests.conftest import free_port, running, wait_until
+from tests.serving_helpers import gated_registry, tiny_adapter
 
 NAME = "tiny-summarizer"
 TOKEN = "s3cret-token"
@@ -227,14 +227,6 @@ def test_the_contract_schema_rejects_what_the_contract_forbids():
             jsonschema.validate(broken, schema)
 
 
-def wait_for(condition, timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
-
 
 def test_an_alias_move_is_swapped_in_while_requests_keep_flowing(tiny_model_dir, adapters, tmp_path):
     registry, versions = gated_registry(tmp_path, NAME, adapters)
@@ -267,9 +259,11 @@ def test_an_alias_move_is_swapped_in_while_requests_keep_flowing(tiny_model_dir,
             time.sleep(0.1)
         health = requests.get(f"{url}/healthz", timeout=10).json()
         registry.move_alias(NAME, "canary", versions[1], actor="test", reason="canary while traffic flows")
-        canary_live = wait_for(lambda: requests.get(f"{url}/healthz", timeout=10).json()["live"].get("canary") == "2")
+        canary_live = wait_until(lambda: requests.get(f"{url}/healthz", timeout=10).json()["live"].get("canary") == "2",
+                                 timeout=30)
         registry.remove_alias(NAME, "canary", actor="test", reason="rolled back while traffic flows")
-        canary_gone = wait_for(lambda: "canary" not in requests.get(f"{url}/healthz", timeout=10).json()["live"])
+        canary_gone = wait_until(lambda: "canary" not in requests.get(f"{url}/healthz", timeout=10).json()["live"],
+                                 timeout=30)
         stop.set()
         for t in threads:
             t.join()

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pipeline.recipe import TrainingRecipe
 from pipeline.training.compile_cache import (COMPILED, KERNELS, CompileCacheStore, cache_key, compile_counters,
                                              kernel_folders, pack_folders, persist_compile_cache, unpack_folders)
 from pipeline.training.compile_policy import CompileDecision, decide_compile, expected_training_tokens
-
-Reporter = Callable[[str, dict], None]
+from pipeline.training.monitoring import Reporter
 
 
 class CompilePlan:
@@ -73,8 +72,7 @@ class CompilePlan:
             self.cache_bytes_stored, message = persist_compile_cache(self.store, self.key)
             reporter(message, {})
             stored = True
-        cold = not self.loaded if self.decision.compile else self._kernels is None
-        if self._keeps_kernels and self._kernels is None and cold:
+        if self._keeps_kernels and self._kernels is None and not self.loaded:  # a cached compile builds no kernels
             size, message = self._persist_kernels()
             self.cache_bytes_stored += size
             reporter(message, {})
