@@ -151,6 +151,9 @@ def profile_callback(label: str, steps: int, first_step: int = 20):
                 gpu_ms = sum(e.self_device_time_total for e in events if not e.key.startswith("aten::")) / 1e3 / steps
                 print(f"\n[{label}] {wall_ms:.1f} ms per step, GPU kernels busy {gpu_ms:.1f} ms per step "
                       f"({gpu_ms / wall_ms:.0%})")
+                calls = sorted(((e.count // steps, e.key) for e in events if e.key.startswith(("aten::", "cuda"))),
+                               reverse=True)
+                print(f"[{label}] calls per step: " + ", ".join(f"{key} {n}" for n, key in calls[:25]))
                 for key in (["self_device_time_total"] if torch.cuda.is_available() else []) + ["self_cpu_time_total"]:
                     print(events.table(sort_by=key, row_limit=15, max_name_column_width=60))
                 self.profiler = None

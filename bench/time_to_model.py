@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.gpu_training import (CONFIGS, PEAK_BF16_TFLOPS, build_model_dir, flops_per_token, loss_gap,  # noqa: E402
-                                step_clock, tokenized_rows)
+                                profile_callback, step_clock, tokenized_rows)
 
 DATA = ROOT / ".bench_assets/debian_chat.jsonl.gz"
 PEER_LR = {"lora": 2e-4, "full": 2e-5}
@@ -78,12 +78,21 @@ def write_subset(target: Path, n: int) -> int:
     return min(n, len(lines))
 
 
-def _clock_summary(clock, losses: list[float], steps: int) -> dict:
-    return {"steps": steps, "steady_steps_per_s": clock.steady_steps_per_s(), "first_steps_s": clock.first_steps_s(),
+def _clock_summary(clock, losses: list[float], steps: int, profilers: list) -> dict:
+    skip = set().union(*(p.profiled_steps for p in profilers))  # the profilers slow their steps down
+    return {"steps": steps, "steady_steps_per_s": clock.steady_steps_per_s(skip), "first_steps_s": clock.first_steps_s(),
             "losses": losses}
 
 
-def peer_worker(model_dir: Path, train: Path, method: str, out: Path, overrides: dict) -> dict:
+def _profilers(spec: dict, label: str) -> list:
+    """`_profile: [first_step, steps]` in a run's overrides: torch's profiler and cProfile over those steps."""
+    if not spec.get("profile"):
+        return []
+    first, steps = spec["profile"]
+    return [profile_callback(label, steps, first)]
+
+
+def peer_worker(model_dir: Path, train: Path, method: str, out: Path, overrides: dict, profilers: list) -> dict:
     """The plain script: Trainer + PEFT, batch 16 padded, eager, SDPA; saves the adapter (or model) as safetensors.
     `overrides` may turn on gradient checkpointing (what fits the 8B shape's longest padded batches)."""
     import torch
@@ -105,7 +114,7 @@ def peer_worker(model_dir: Path, train: Path, method: str, out: Path, overrides:
                              gradient_checkpointing=overrides.get("gradient_checkpointing", False),
                              gradient_checkpointing_kwargs={"use_reentrant": False})
     clock = step_clock()
-    trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=[clock],
+    trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=[clock, *profilers],
                       data_collator=DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100))
     trainer.train()
     marks["train"] = time.time()
@@ -114,10 +123,11 @@ def peer_worker(model_dir: Path, train: Path, method: str, out: Path, overrides:
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     return {"marks": marks, "peak_gib": peak, "real_tokens": sum(len(r["input_ids"]) for r in rows),
-            **_clock_summary(clock, losses, trainer.state.global_step)}
+            **_clock_summary(clock, losses, trainer.state.global_step, profilers)}
 
 
-def ours_worker(model_dir: Path, train: Path, method: str, out: Path, overrides: dict, cache_uri: str | None) -> dict:
+def ours_worker(model_dir: Path, train: Path, method: str, out: Path, overrides: dict, cache_uri: str | None,
+                profilers: list) -> dict:
     import torch
 
     from pipeline.recipe import TrainingRecipe
@@ -139,7 +149,8 @@ def ours_worker(model_dir: Path, train: Path, method: str, out: Path, overrides:
             losses.append(metrics["loss"])
         print(f"[ours {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
-    result = train_sft(train, model_dir, out, recipe, report, extra_callbacks=[clock], compile_cache_uri=cache_uri)
+    result = train_sft(train, model_dir, out, recipe, report, extra_callbacks=[clock, *profilers],
+                       compile_cache_uri=cache_uri)
     marks["save"] = time.time()
     if result.phases.get("compiled"):  # where a compile's seconds went (Dynamo, AOTAutograd, Inductor, loading)
         from torch._dynamo.utils import compile_times
@@ -147,10 +158,10 @@ def ours_worker(model_dir: Path, train: Path, method: str, out: Path, overrides:
         print(compile_times(repr="str", aggregate=True), flush=True)
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     return {"marks": marks, "phases": result.phases, "peak_gib": peak, "real_tokens": result.tokens_seen,
-            **_clock_summary(clock, losses, result.global_step)}
+            **_clock_summary(clock, losses, result.global_step, profilers)}
 
 
-def unsloth_worker(model_dir: Path, train: Path, method: str, out: Path, overrides: dict) -> dict:
+def unsloth_worker(model_dir: Path, train: Path, method: str, out: Path, overrides: dict, profilers: list) -> dict:
     """Unsloth as its README runs it: FastLanguageModel (16-bit LoRA on the bf16 base, its own kernels and
     gradient checkpointing) and TRL's SFTTrainer, with the peer's hyperparameters and our prompt/completion rows
     (loss on the answer, as ours). Runs in its own environment (`--unsloth-site`): Unsloth pins transformers<=5.17,
@@ -179,7 +190,7 @@ def unsloth_worker(model_dir: Path, train: Path, method: str, out: Path, overrid
                        max_length=1024, completion_only_loss=True, disable_tqdm=True,
                        # Unsloth's own defaults otherwise: accumulation 2, weight decay 0.001, 8-bit AdamW
                        gradient_accumulation_steps=1, weight_decay=0.0)
-    trainer = SFTTrainer(model=model, processing_class=tokenizer, args=config, callbacks=[clock],
+    trainer = SFTTrainer(model=model, processing_class=tokenizer, args=config, callbacks=[clock, *profilers],
                          train_dataset=Dataset.from_list(load_prompt_completion(train)))
     marks["tokenize"] = time.time()
     trainer.train()
@@ -188,11 +199,13 @@ def unsloth_worker(model_dir: Path, train: Path, method: str, out: Path, overrid
     marks["save"] = time.time()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"marks": marks, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "unsloth": unsloth.__version__, **_clock_summary(clock, losses, trainer.state.global_step)}
+            "unsloth": unsloth.__version__, **_clock_summary(clock, losses, trainer.state.global_step, profilers)}
 
 
-def run_worker(kind: str, spec: dict, work: Path, cache_uri: str | None, unsloth_site: Path | None = None) -> dict:
-    """Spawn one run as its own process (fresh Inductor and Triton caches) and time it from spawn to exit."""
+def run_worker(kind: str, spec: dict, work: Path, cache_uri: str | None, unsloth_site: Path | None = None,
+               extra_env: dict | None = None, cprofile: Path | None = None) -> dict:
+    """Spawn one run as its own process (fresh Inductor and Triton caches) and time it from spawn to exit;
+    `extra_env` joins its environment; with `cprofile` the whole process runs under cProfile, written there."""
     result_path = work / "result.json"
     local_caches = tempfile.mkdtemp(prefix="inductor-", dir=work)
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": local_caches, "TRITON_CACHE_DIR": f"{local_caches}/triton",
@@ -200,7 +213,9 @@ def run_worker(kind: str, spec: dict, work: Path, cache_uri: str | None, unsloth
     if kind == "unsloth":  # its own pins: its site first, then this repo; none of our carried wheels
         env["PYTHONPATH"] = f"{unsloth_site}{os.pathsep}{ROOT}"
         env.update(HF_HUB_OFFLINE="1", UNSLOTH_DISABLE_STATISTICS="1", UNSLOTH_COMPILE_LOCATION=f"{local_caches}/unsloth")
-    command = [sys.executable, __file__, "--worker", kind, "--spec", json.dumps(spec), "--result", str(result_path)]
+    env.update(extra_env or {})
+    profiling = ["-m", "cProfile", "-o", str(cprofile)] if cprofile else []
+    command = [sys.executable, *profiling, __file__, "--worker", kind, "--spec", json.dumps(spec), "--result", str(result_path)]
     if cache_uri:
         command += ["--cache-uri", cache_uri]
     env["BENCH_T0"] = repr(time.time())
@@ -237,7 +252,9 @@ def main() -> None:
     parser.add_argument("--examples", type=int, nargs="+", default=[1000])
     parser.add_argument("--runs", nargs="+", default=["peer", "auto={}"],
                         help="'peer', or NAME=JSON overrides of our recipe (NAME@N: at N examples only); "
-                        "'_cache': 'fresh' gives that run an empty compile cache of its own, 'none' none")
+                        "'_cache': 'fresh' gives that run an empty compile cache of its own, 'none' none; "
+                        "'_profile': [FIRST_STEP, STEPS] profiles those steps (torch's profiler, then cProfile); "
+                        "'_cprofile': true runs the whole process under cProfile; '_env': {...} joins its environment")
     parser.add_argument("--tokenizer", type=Path, default=ROOT / ".bench_assets/smollm2")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--unsloth-site", type=Path, help="a folder holding Unsloth and its pinned packages, for "
@@ -253,12 +270,13 @@ def main() -> None:
         spec = json.loads(args.spec)
         out = Path(spec["out"])
         model, train, method = Path(spec["model"]), Path(spec["train"]), spec["method"]
+        profilers = _profilers(spec, args.worker)
         if args.worker == "peer":
-            r = peer_worker(model, train, method, out, spec["overrides"])
+            r = peer_worker(model, train, method, out, spec["overrides"], profilers)
         elif args.worker == "unsloth":
-            r = unsloth_worker(model, train, method, out, spec["overrides"])
+            r = unsloth_worker(model, train, method, out, spec["overrides"], profilers)
         else:
-            r = ours_worker(model, train, method, out, spec["overrides"], args.cache_uri)
+            r = ours_worker(model, train, method, out, spec["overrides"], args.cache_uri, profilers)
         args.result.write_text(json.dumps(r))
         return None
 
@@ -283,16 +301,33 @@ def main() -> None:
                 continue
             overrides = json.loads(overrides or "{}")
             cache = overrides.pop("_cache", "shared")
+            profile = overrides.pop("_profile", None)
+            extra_env = overrides.pop("_env", None)
+            cprofile = work / f"{name}-{n}.prof" if overrides.pop("_cprofile", False) else None
             cache_uri = {"shared": shared_cache, "fresh": str(work / f"fresh-cache-{n}-{i}"), "none": None}[cache]
             kind = "peer" if name.startswith("peer") else "unsloth" if name.startswith("unsloth") else "ours"
             if kind == "unsloth" and not args.unsloth_site:
                 parser.error("runs named unsloth* need --unsloth-site")
             spec = {"model": str(work / "model"), "train": str(train), "method": args.method,
-                    "out": str(work / f"out-{n}-{i}"), "overrides": overrides}
+                    "out": str(work / f"out-{n}-{i}"), "overrides": overrides, "profile": profile}
             print(f"\n=== {n} examples: {name} {overrides} (cache {cache})", flush=True)
             size["runs"][name] = {"overrides": overrides, "cache": cache,
-                                  **run_worker(kind, spec, work, cache_uri, args.unsloth_site)}
+                                  **run_worker(kind, spec, work, cache_uri, args.unsloth_site, extra_env, cprofile)}
+            if cprofile and cprofile.exists():
+                print_profile(cprofile, args.out)
             summarise(report, args.out)
+
+
+def print_profile(path: Path, out: Path | None, lines: int = 60) -> None:
+    """A whole run's cProfile, by cumulative time; the file itself beside `--out`."""
+    import pstats
+    import shutil
+
+    print(f"\ncProfile of the whole run {path.stem}, by cumulative time", flush=True)
+    pstats.Stats(str(path)).sort_stats("cumulative").print_stats(lines)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, out.parent / path.name)
 
 
 def add_mfu(report: dict, r: dict, tokens: int | None) -> None:

@@ -233,6 +233,34 @@ def test_compiled_blocks_train_to_the_same_losses_as_eager_ones(tiny_model_dir, 
     assert losses[True] == pytest.approx(losses[False], rel=1e-3)
 
 
+def test_compiled_blocks_take_no_cpu_scalars(tiny_model_dir, monkeypatch):
+    # LoRA's and attention's float scalings must be constants of the graph: as inputs they are 0-d float64 CPU
+    # tensors, converted by a C++ kernel whose build probes the CPU's vector ISA (48 s per process on the H200 host)
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.training.sft import compile_repeated_blocks
+
+    monkeypatch.setattr(torch._dynamo.config, "specialize_float", False)  # torch's default; restored afterwards
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    graph_inputs = []
+
+    def recording_backend(graph, inputs):
+        graph_inputs.append(inputs)
+        return graph
+
+    torch._dynamo.reset()
+    assert compile_repeated_blocks(model, backend=recording_backend) == 2
+    ids = torch.randint(0, 100, (1, 24))
+    model(input_ids=ids, labels=ids).loss.backward()
+    torch._dynamo.reset()
+    assert graph_inputs
+    cpu_scalars = [i for inputs in graph_inputs for i in inputs
+                   if isinstance(i, torch.Tensor) and i.dim() == 0 and i.dtype == torch.float64]
+    assert not cpu_scalars
+
+
 def test_real_tokens_are_counted_exactly_when_the_pad_token_ends_each_turn(tiny_model_dir):
     # SmolLM2 pads with <|im_end|>, its end-of-turn token: counting non-pad ids would miss one per turn
     from transformers import AutoTokenizer

@@ -75,19 +75,23 @@ def device_flags(recipe: TrainingRecipe, compiling: bool | None = None) -> dict[
     return {"bf16": cpu_has_bf16(), "fp16": False, "use_cpu": True}
 
 
-def compile_repeated_blocks(model: Any) -> int:
+def compile_repeated_blocks(model: Any, backend: Any = "inductor") -> int:
     """Compile each repeated block (the decoder layers) in place, with dynamic shapes; returns how many.
 
     Short-sequence steps on a GPU are bound by eager mode's per-op launch cost (LoRA adds five small ops to every
     linear layer); a compiled block runs as a few fused kernels. One graph serves every layer and, being dynamic,
     every row length, so the compile is paid once (regional compilation, as accelerate's `compile_regions`)."""
+    import torch
     from accelerate.utils.other import is_repeated_blocks
 
     blocks = next((m for m in model.modules() if is_repeated_blocks(m)), None)
     if blocks is None:
         return 0
+    # Python floats (LoRA's and attention's scaling) become constants, not 0-d float64 CPU inputs converted by a C++
+    # kernel: that one CPU kernel made Inductor probe the CPU's vector ISA, 48 s on the H200 machine, every process
+    torch._dynamo.config.specialize_float = True
     for block in blocks:
-        block.compile(dynamic=True)
+        block.compile(dynamic=True, backend=backend)
     return len(blocks)
 
 
