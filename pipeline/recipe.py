@@ -135,12 +135,12 @@ class LoraRecipe(_Section):
 
 
 # Break-even training tokens for torch_compile auto, measured with bench/time_to_model.py on an H200 (~1B LoRA,
-# batches of 16 short chat examples): compiled steps took 35 us a token less than eager ones (25.7 s against 50.1 s
-# for 688k tokens), for a compile of 85 s cold and 57-60 s with PyTorch's cache artifacts loaded (they skip code
-# generation, not the kernel builds; runs now also keep Inductor's kernel folder, not yet measured on a GPU, so the
-# cached threshold stays the conservative one). Below these, eager finishes first.
-COMPILE_MIN_TOKENS = 2_400_000
-COMPILE_MIN_TOKENS_CACHED = 1_700_000
+# batches of 16 short chat examples, 688k expected tokens): compiled steps took 21 us a token less than eager ones
+# (21.5 s against 36.0 s); a cold compile cost 20.6 s and slowed the first steps by 3.6 s more, a cached one (the
+# store's kernel folder and cache artifacts) 3.3 s; a compiled run's exit took ~2 s longer (the compile workers).
+# Below these, eager finishes first (bench/results/ttm_lora_1b_5k_compiled_h200_s21.json).
+COMPILE_MIN_TOKENS = 1_300_000
+COMPILE_MIN_TOKENS_CACHED = 300_000
 
 
 class TrainingRecipe(_Section):
@@ -175,8 +175,8 @@ class TrainingRecipe(_Section):
                                 "when the liger-kernel package is installed (less memory, fewer kernel launches).")
     torch_compile: bool | Literal["auto"] = Field(
         "auto", description="Compile each decoder block with torch.compile (inductor, dynamic shapes, one graph for all "
-        "blocks and row lengths): fused kernels and far fewer launches per step, after a compile of a minute or so "
-        "(less when the bucket holds a compile cache for this torch, GPU and model shape). `auto` compiles on a GPU "
+        "blocks and row lengths): fused kernels and far fewer launches per step, after a compile of ~20 s for a 1B "
+        "shape on an H200 (~3 s when the bucket holds a compile cache for this torch, GPU and model shape). `auto` compiles on a GPU "
         "only when the run's expected tokens reach compile_min_tokens (compile_min_tokens_cached with a cache).")
     compile_min_tokens: int = Field(
         COMPILE_MIN_TOKENS, ge=0, description="torch_compile auto: training tokens from which a cold compile pays "

@@ -216,7 +216,10 @@ def test_an_eager_gpu_run_stores_its_triton_kernels_and_the_next_run_starts_with
 def test_a_compiled_run_also_keeps_inductor_s_folder(tiny_model_dir, tmp_path, monkeypatch):
     """PyTorch's cache artifacts skip code generation, not the kernel builds; the compiled graphs' kernels live in
     Inductor's cache folder, which the store keeps beside the artifacts and the next machine unpacks first."""
+    import torch._inductor.config
+
     compiler = FakeCompiler(monkeypatch, tmp_path / "inductor")
+    monkeypatch.setattr(torch._inductor.config, "compile_threads", 4)
     recipe = TrainingRecipe(torch_compile=True)
     uri = str(tmp_path / "cache")
     report = lambda m, x: None  # noqa: E731
@@ -232,8 +235,10 @@ def test_a_compiled_run_also_keeps_inductor_s_folder(tiny_model_dir, tmp_path, m
                 (built / name).write_bytes(name.encode())
             plan.persist(report)
             assert plan.kernels_loaded == 0
+            assert torch._inductor.config.compile_threads == 4  # a cold compile builds its kernels in parallel
     assert plan.loaded and compiler.loaded == [b"compiled kernels"]
     assert plan.kernels_loaded == 3
+    assert torch._inductor.config.compile_threads == 1  # all cached: no pool of compile workers to start
     assert (tmp_path / "pod-2/inductor/triton/0/K1/kernel.cubin").read_bytes() == b"triton/0/K1/kernel.cubin"
     # an eager run of the same model keeps its own kernels: it does not take the compiled run's
     eager = plan_compile(tiny_model_dir, TrainingRecipe(torch_compile=False), rows(4), None, uri, report, on_gpu=True)
