@@ -69,6 +69,16 @@ class FakeCompiler:
         return object()
 
 
+@pytest.fixture(autouse=True)
+def four_compile_threads():
+    """A restored compile sets Inductor's compile threads for the process; here they are restored after each test
+    (with torch's own patch: pytest's monkeypatch deletes config entries on undo)."""
+    import torch._inductor.config
+
+    with torch._inductor.config.patch(compile_threads=4):
+        yield
+
+
 def rows(n: int) -> list[dict]:
     return [{"prompt": [{"role": "user", "content": f"summarise package {i}"}],
              "completion": [{"role": "assistant", "content": "a tool"}]} for i in range(n)]
@@ -219,7 +229,6 @@ def test_a_compiled_run_also_keeps_inductor_s_folder(tiny_model_dir, tmp_path, m
     import torch._inductor.config
 
     compiler = FakeCompiler(monkeypatch, tmp_path / "inductor")
-    monkeypatch.setattr(torch._inductor.config, "compile_threads", 4)
     recipe = TrainingRecipe(torch_compile=True)
     uri = str(tmp_path / "cache")
     report = lambda m, x: None  # noqa: E731
