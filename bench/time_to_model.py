@@ -80,8 +80,8 @@ def write_subset(target: Path, n: int) -> int:
 
 def _clock_summary(clock, losses: list[float], steps: int, profilers: list) -> dict:
     skip = set().union(*(p.profiled_steps for p in profilers))  # the profilers slow their steps down
-    return {"steps": steps, "steady_steps_per_s": clock.steady_steps_per_s(skip), "first_steps_s": clock.first_steps_s(),
-            "losses": losses}
+    return {"steps": steps, "steady_steps_per_s": clock.steady_steps_per_s(skip),
+            "first_steps_s": clock.first_steps_s(), "losses": losses}
 
 
 def _profilers(spec: dict, label: str) -> list:
@@ -212,10 +212,12 @@ def run_worker(kind: str, spec: dict, work: Path, cache_uri: str | None, unsloth
            "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     if kind == "unsloth":  # its own pins: its site first, then this repo; none of our carried wheels
         env["PYTHONPATH"] = f"{unsloth_site}{os.pathsep}{ROOT}"
-        env.update(HF_HUB_OFFLINE="1", UNSLOTH_DISABLE_STATISTICS="1", UNSLOTH_COMPILE_LOCATION=f"{local_caches}/unsloth")
+        env.update(HF_HUB_OFFLINE="1", UNSLOTH_DISABLE_STATISTICS="1",
+                   UNSLOTH_COMPILE_LOCATION=f"{local_caches}/unsloth")
     env.update(extra_env or {})
     profiling = ["-m", "cProfile", "-o", str(cprofile)] if cprofile else []
-    command = [sys.executable, *profiling, __file__, "--worker", kind, "--spec", json.dumps(spec), "--result", str(result_path)]
+    command = [sys.executable, *profiling, __file__, "--worker", kind, "--spec", json.dumps(spec),
+               "--result", str(result_path)]
     if cache_uri:
         command += ["--cache-uri", cache_uri]
     env["BENCH_T0"] = repr(time.time())

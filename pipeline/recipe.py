@@ -175,9 +175,9 @@ class TrainingRecipe(_Section):
                                 "when the liger-kernel package is installed (less memory, fewer kernel launches).")
     torch_compile: bool | Literal["auto"] = Field(
         "auto", description="Compile each decoder block with torch.compile (inductor, dynamic shapes, one graph for all "
-        "blocks and row lengths): fused kernels and far fewer launches per step, after a compile of ~20 s for a 1B "
-        "shape on an H200 (~3 s when the bucket holds a compile cache for this torch, GPU and model shape). `auto` compiles on a GPU "
-        "only when the run's expected tokens reach compile_min_tokens (compile_min_tokens_cached with a cache).")
+        "blocks and row lengths): fused kernels and far fewer launches per step, after a compile of ~20 s for a "
+        "1B shape on an H200 (~3 s when the bucket holds a compile cache for this torch, GPU and model shape). `auto` "
+        "compiles on a GPU only when the run's expected tokens reach compile_min_tokens (compile_min_tokens_cached with a cache).")
     compile_min_tokens: int = Field(
         COMPILE_MIN_TOKENS, ge=0, description="torch_compile auto: training tokens from which a cold compile pays "
         "back (bench/results/README.md, time to a trained model).")

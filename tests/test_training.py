@@ -233,7 +233,7 @@ def test_compiled_blocks_train_to_the_same_losses_as_eager_ones(tiny_model_dir, 
     assert losses[True] == pytest.approx(losses[False], rel=1e-3)
 
 
-def test_compiled_blocks_take_no_cpu_scalars(tiny_model_dir, monkeypatch):
+def test_compiled_blocks_take_no_cpu_scalars(tiny_model_dir):
     # LoRA's and attention's float scalings must be constants of the graph: as inputs they are 0-d float64 CPU
     # tensors, converted by a C++ kernel whose build probes the CPU's vector ISA (48 s per process on the H200 host)
     from peft import LoraConfig, get_peft_model
@@ -241,7 +241,6 @@ def test_compiled_blocks_take_no_cpu_scalars(tiny_model_dir, monkeypatch):
 
     from pipeline.training.sft import compile_repeated_blocks
 
-    monkeypatch.setattr(torch._dynamo.config, "specialize_float", False)  # torch's default; restored afterwards
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                            LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
     graph_inputs = []
@@ -250,11 +249,13 @@ def test_compiled_blocks_take_no_cpu_scalars(tiny_model_dir, monkeypatch):
         graph_inputs.append(inputs)
         return graph
 
-    torch._dynamo.reset()
-    assert compile_repeated_blocks(model, backend=recording_backend) == 2
-    ids = torch.randint(0, 100, (1, 24))
-    model(input_ids=ids, labels=ids).loss.backward()
-    torch._dynamo.reset()
+    # torch's default, restored afterwards (torch's own patch: pytest's monkeypatch deletes config entries on undo)
+    with torch._dynamo.config.patch(specialize_float=False):
+        torch._dynamo.reset()
+        assert compile_repeated_blocks(model, backend=recording_backend) == 2
+        ids = torch.randint(0, 100, (1, 24))
+        model(input_ids=ids, labels=ids).loss.backward()
+        torch._dynamo.reset()
     assert graph_inputs
     cpu_scalars = [i for inputs in graph_inputs for i in inputs
                    if isinstance(i, torch.Tensor) and i.dim() == 0 and i.dtype == torch.float64]

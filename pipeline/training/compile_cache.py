@@ -3,7 +3,7 @@ graphs, Triton kernels) saved after a run and loaded before the next one, throug
 the Triton kernel folder (Liger's fused norm, RoPE, SwiGLU and loss kernels are built on first use in every new
 process that finds it empty, as each new pod does).
 
-A cold compile of the decoder blocks costs about a minute on a GPU, as much as a whole 1k-example LoRA run. The
+A cold compile of a ~1B model's decoder blocks costs ~20 s on an H200, a cached one ~3 s. The
 artifacts are valid only for the torch and transformers that built them, the GPU they were tuned on, the model's
 shape and what the recipe compiles, so those make the key; any other run starts from an empty cache.
 """
@@ -36,8 +36,8 @@ def cache_key(model_config: dict[str, Any], recipe: TrainingRecipe, device: str 
     if recipe.method != "full":
         compiled["lora"] = recipe.lora.model_dump()
     parts = {"torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
-             "liger": _version("liger-kernel") if recipe.liger_kernels else None, "device": device, "model": {k: v for k, v in model_config.items() if k not in _NOT_SHAPE},
-             "recipe": compiled}
+             "liger": _version("liger-kernel") if recipe.liger_kernels else None, "device": device,
+             "model": {k: v for k, v in model_config.items() if k not in _NOT_SHAPE}, "recipe": compiled}
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
     return f"torch-{_slug(torch.__version__)}/{_slug(device)}/{_slug(str(model_config.get('model_type', 'model')))}-{digest}"
 

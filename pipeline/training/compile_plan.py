@@ -26,7 +26,6 @@ class CompilePlan:
         self._kernels, self._on_gpu = kernels, on_gpu
         self.loaded = False  # PyTorch's cache artifacts were loaded
         self.kernels_loaded = 0  # kernel files taken from the store
-        self.kernels_restored = False  # the store's kernel archive was unpacked (its files may already be here)
         self.cache_bytes_stored = 0
         self._started = time.time()  # kernel files written from here on are this run's
 
@@ -38,19 +37,24 @@ class CompilePlan:
 
     def restore(self, reporter: Reporter) -> None:
         """Put the stored kernels and artifacts in this process's caches, before the first step builds any."""
-        if self._keeps_kernels and self._kernels is not None:
-            try:
-                self.kernels_loaded = unpack_folders(self._kernels, kernel_folders(self.decision.compile))
-            except Exception as e:  # a broken upload: the kernels are built again, as without a cache
-                reporter(f"kernel cache {self.key} unreadable ({type(e).__name__}); building kernels", {})
-            else:
-                self.kernels_restored = True
-                reporter(f"loaded {self.kernels_loaded} kernel files from {self.key} "
-                         f"({len(self._kernels) / 2**20:.1f} MiB)", {})
+        kernels_restored = self._restore_kernels(reporter)
         if self.decision.compile:
             self._restore_compiled(reporter)
-        if self.loaded and self.kernels_restored:
+        if self.loaded and kernels_restored:
             _compile_in_process()
+
+    def _restore_kernels(self, reporter: Reporter) -> bool:
+        """Unpack the store's kernel archive (files already here are kept); whether there was one to unpack."""
+        if not self._keeps_kernels or self._kernels is None:
+            return False
+        try:
+            self.kernels_loaded = unpack_folders(self._kernels, kernel_folders(self.decision.compile))
+        except Exception as e:  # a broken upload: the kernels are built again, as without a cache
+            reporter(f"kernel cache {self.key} unreadable ({type(e).__name__}); building kernels", {})
+            return False
+        reporter(f"loaded {self.kernels_loaded} kernel files from {self.key} ({len(self._kernels) / 2**20:.1f} MiB)",
+                 {})
+        return True
 
     def _restore_compiled(self, reporter: Reporter) -> None:
         if self._cached is None:
