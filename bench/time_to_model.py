@@ -238,12 +238,17 @@ def phase_table(r: dict) -> dict:
         p = r["phases"]
         return {"imports": m["imports"], "load": p["load_s"], "tokenize": p["prepare_s"], "compile": p["compile_s"],
                 "train": p["train_s"], "save": p["save_s"] + p.get("cache_store_s", 0.0) + p.get("hash_s", 0.0),
-                "exit": r["wall_s"] - m["save"], "other": m["save"] - m["imports"] - sum(
+                "exit": r["wall_s"] - m["save"], **_teardown(r), "other": m["save"] - m["imports"] - sum(
                     p.get(k, 0.0) for k in ("load_s", "prepare_s", "compile_s", "train_s", "save_s", "cache_store_s",
                                             "hash_s"))}
     return {"imports": m["imports"], "load": m["load"] - m["imports"], "tokenize": m["tokenize"] - m["load"],
             "compile": 0.0, "train": m["train"] - m["tokenize"], "save": m["save"] - m["train"],
-            "exit": r["wall_s"] - m["save"], "other": 0.0}
+            "exit": r["wall_s"] - m["save"], **_teardown(r), "other": 0.0}
+
+
+def _teardown(r: dict) -> dict:
+    """The part of `exit` after the result was written: the interpreter's and CUDA's teardown."""
+    return {"teardown": r["wall_s"] - r["marks_s"]["done"]} if "done" in r["marks_s"] else {}
 
 
 def main() -> None:
@@ -279,6 +284,7 @@ def main() -> None:
             r = unsloth_worker(model, train, method, out, spec["overrides"], profilers)
         else:
             r = ours_worker(model, train, method, out, spec["overrides"], args.cache_uri, profilers)
+        r["marks"]["done"] = time.time()  # what follows is the interpreter's teardown
         args.result.write_text(json.dumps(r))
         return None
 

@@ -178,6 +178,12 @@ class TrainingRecipe(_Section):
         "blocks and row lengths): fused kernels and far fewer launches per step, after a compile of ~20 s for a "
         "1B shape on an H200 (~3 s when the bucket holds a compile cache for this torch, GPU and model shape). `auto` "
         "compiles on a GPU only when the run's expected tokens reach compile_min_tokens (compile_min_tokens_cached with a cache).")
+    cuda_graphs: bool | Literal["auto"] = Field(
+        "auto", description="With compiled blocks on a CUDA GPU: record each block's kernels as CUDA graphs, one per "
+        "row length (rows padded to a multiple of 512 tokens), and replay them, so a short-row step waits less on "
+        "launching kernels (1B LoRA, 5k examples: 2.4x the plain Trainer's speed against 1.9x compiled alone). Needs "
+        "packing or padding_free, gradient_accumulation_steps 1, no sharding and no gradient checkpointing: `auto` "
+        "turns it on where those hold, `true` refuses a recipe where they don't. Off when the blocks are not compiled.")
     compile_min_tokens: int = Field(
         COMPILE_MIN_TOKENS, ge=0, description="torch_compile auto: training tokens from which a cold compile pays "
         "back (bench/results/README.md, time to a trained model).")
@@ -203,6 +209,32 @@ class TrainingRecipe(_Section):
     def _varlen_needs_flat_rows(self) -> "TrainingRecipe":
         if self.attn_implementation == "varlen" and not (self.packing or self.padding_free):
             raise ValueError("training.attn_implementation varlen needs training.packing or training.padding_free")
+        return self
+
+    def cuda_graphs_conflicts(self) -> str | None:
+        """Why this recipe's steps cannot be replayed as CUDA graphs, or None when they can."""
+        if not (self.packing or self.padding_free):
+            return "it needs training.packing or training.padding_free (padded batches take a new shape in almost every step)"
+        if self.gradient_accumulation_steps != 1:
+            return ("it needs gradient_accumulation_steps 1 (a recorded backward's gradients are overwritten by the "
+                    "next micro-batch's replay)")
+        if self.distributed != "none":
+            return "it runs without sharding (distributed: none)"
+        if self.gradient_checkpointing:
+            return ("it does not combine with gradient_checkpointing (the recomputation would run recorded forward "
+                    "graphs inside the backward)")
+        return None
+
+    @property
+    def wants_cuda_graphs(self) -> bool:
+        """Whether compiled blocks replay as CUDA graphs (on a CUDA GPU): `true`, or `auto` where nothing conflicts."""
+        return self.cuda_graphs is True or (self.cuda_graphs == "auto" and self.cuda_graphs_conflicts() is None)
+
+    @model_validator(mode="after")
+    def _cuda_graphs_need_fixed_steps(self) -> "TrainingRecipe":
+        conflict = self.cuda_graphs_conflicts() if self.cuda_graphs is True else None
+        if conflict:
+            raise ValueError(f"training.cuda_graphs is true, but {conflict}; set it to auto or false")
         return self
 
 

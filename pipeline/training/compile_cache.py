@@ -33,6 +33,7 @@ def cache_key(model_config: dict[str, Any], recipe: TrainingRecipe, device: str 
 
     device = device or (torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
     compiled = {f: getattr(recipe, f) for f in _GRAPH_FIELDS}
+    compiled["cuda_graphs"] = recipe.wants_cuda_graphs  # Inductor's config differs, and so do its cached graphs
     if recipe.method != "full":
         compiled["lora"] = recipe.lora.model_dump()
     parts = {"torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,

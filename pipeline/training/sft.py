@@ -17,6 +17,7 @@ from pipeline.training.distributed import (gather_blocks_whole, save_final_weigh
 from pipeline.training.checkpoints import marker_callback, no_final_checkpoint_callback
 from pipeline.training.compile_plan import plan_compile
 from pipeline.training.compile_cache import compile_seconds
+from pipeline.training.cuda_graphs import ROW_MULTIPLE, GraphStepBoundary, fixed_shape_collator
 from pipeline.training.methods import check_method_runs_here, load_base, peft_config
 from pipeline.training.monitoring import Reporter, early_stopping_callback, peak_memory_mb, reporting_callback
 
@@ -75,12 +76,13 @@ def device_flags(recipe: TrainingRecipe, compiling: bool | None = None) -> dict[
     return {"bf16": cpu_has_bf16(), "fp16": False, "use_cpu": True}
 
 
-def compile_repeated_blocks(model: Any, backend: Any = "inductor") -> int:
+def compile_repeated_blocks(model: Any, backend: Any = "inductor", cuda_graphs: bool = False) -> int:
     """Compile each repeated block (the decoder layers) in place, with dynamic shapes; returns how many.
 
     Short-sequence steps on a GPU are bound by eager mode's per-op launch cost (LoRA adds five small ops to every
     linear layer); a compiled block runs as a few fused kernels. One graph serves every layer and, being dynamic,
-    every row length, so the compile is paid once (regional compilation, as accelerate's `compile_regions`)."""
+    every row length, so the compile is paid once (regional compilation, as accelerate's `compile_regions`).
+    With `cuda_graphs` the kernels are also recorded as CUDA graphs per row length (`pipeline.training.cuda_graphs`)."""
     import torch
     from accelerate.utils.other import is_repeated_blocks
 
@@ -90,9 +92,30 @@ def compile_repeated_blocks(model: Any, backend: Any = "inductor") -> int:
     # Python floats (LoRA's and attention's scaling) become constants, not 0-d float64 CPU inputs converted by a C++
     # kernel: that one CPU kernel made Inductor probe the CPU's vector ISA, 48 s on the H200 machine, every process
     torch._dynamo.config.specialize_float = True
+    mode = {"mode": "reduce-overhead"} if cuda_graphs else {}
     for block in blocks:
-        block.compile(dynamic=True, backend=backend)
+        block.compile(dynamic=True, backend=backend, **mode)
     return len(blocks)
+
+
+def cuda_graphs_apply(recipe: TrainingRecipe, compiling: bool, reporter: Reporter) -> bool:
+    """Whether this run replays its compiled blocks as CUDA graphs: wanted by the recipe, compiled, on a CUDA GPU."""
+    if not recipe.wants_cuda_graphs:
+        return False
+    if not compiling or not _on_gpu():
+        if recipe.cuda_graphs is True:
+            reporter(f"cuda_graphs off: {'the blocks are not compiled' if _on_gpu() else 'there is no CUDA GPU'}", {})
+        return False
+    return True
+
+
+def row_multiple(recipe: TrainingRecipe, cuda_graphs: bool) -> int | None:
+    """Padding-free and packed rows on a GPU are padded to a multiple of this many tokens, so rows take a few
+    lengths instead of a new one every step: cuDNN attention builds a plan per new shape (~5 ms per layer call), a
+    compiled graph specialises on it and CUDA graphs record one per length (hence their coarser multiple)."""
+    if not _on_gpu() or not (recipe.padding_free or recipe.packing):
+        return None
+    return ROW_MULTIPLE if cuda_graphs else 64
 
 
 def tokenizing_processes(examples: int, cpus: int | None = None) -> int | None:
@@ -182,6 +205,7 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
     train_rows = rows[: len(rows) - len(eval_rows)]
     evaluating = bool(eval_rows)
     compiling = plan_compile(base_path, recipe, train_rows, tokenizer, compile_cache_uri, reporter)
+    graphs = cuda_graphs_apply(recipe, compiling.decision.compile, reporter)
 
     checkpoint_dir = output_dir / "checkpoints"
     config = SFTConfig(
@@ -200,9 +224,7 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
         completion_only_loss=True,
         packing=recipe.packing,  # best-fit packing; transformers keeps attention inside each example via position_ids
         padding_free=recipe.padding_free,
-        # on a GPU, rows padded to a multiple of 64 give a few lengths instead of a new one every step: cuDNN
-        # attention builds a plan per new shape (~5 ms per layer call), and a compiled graph specialises on it
-        pad_to_multiple_of=64 if _on_gpu() and (recipe.padding_free or recipe.packing) else None,
+        pad_to_multiple_of=row_multiple(recipe, graphs),
         logging_steps=recipe.logging_steps,
         save_strategy="steps",
         save_steps=recipe.save_steps,
@@ -233,15 +255,20 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
     if evaluating and recipe.early_stopping_patience:
         callbacks.append(early_stopping_callback(recipe.early_stopping_patience))
     callbacks += extra_callbacks or []
-    trainer_class = type("PipelineSFTTrainer", (LeanStepHost, CachedFlopCount, DeferredSftMetrics, SFTTrainer), {})
+    mixins = (GraphStepBoundary,) * graphs + (LeanStepHost, CachedFlopCount, DeferredSftMetrics)
+    trainer_class = type("PipelineSFTTrainer", (*mixins, SFTTrainer), {})
     trainer = trainer_class(model=model, args=config, train_dataset=Dataset.from_list(train_rows),
                             eval_dataset=Dataset.from_list(eval_rows) if evaluating else None,
                             processing_class=tokenizer, peft_config=peft_config(recipe), callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # progress goes through the reporter, not raw dicts on stdout
     gather_blocks_whole(trainer.model, recipe.distributed)
     compiling.restore(reporter)
+    if graphs:
+        trainer.data_collator = fixed_shape_collator(trainer.data_collator)
     if compiling.decision.compile:
-        reporter(f"compiled {compile_repeated_blocks(trainer.model)} repeated blocks (dynamic shapes)", {})
+        blocks = compile_repeated_blocks(trainer.model, cuda_graphs=graphs)
+        replayed = ", replayed as CUDA graphs per row length" if graphs else ""
+        reporter(f"compiled {blocks} repeated blocks (dynamic shapes{replayed})", {})
     if _unpacked_padding_free(recipe):
         check_lengths(trainer.train_dataset, recipe.max_length)
     phases["prepare_s"] = time.monotonic() - phase_start  # tokenisation and the trainer's set-up
