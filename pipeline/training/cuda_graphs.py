@@ -21,7 +21,8 @@ from typing import Any, Callable
 
 # Each new row length costs a recording of every block's forward and backward: 7.1 s for the 14 lengths of 128-token
 # multiples over 313 batches of 16 chat examples (H200). A replayed step still waits on the host, not the GPU (~47 ms
-# against ~27 ms of kernels), so padding to 512 (5 lengths, 12% more tokens) costs no step time.
+# against ~27 ms of kernels), so padding to 512 (5 lengths, 12% more tokens, recorded in 2.6 s) costs no step time
+# (bench/results/README.md, fourth session).
 ROW_MULTIPLE = 512
 
 
