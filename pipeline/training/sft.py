@@ -255,7 +255,7 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
     if evaluating and recipe.early_stopping_patience:
         callbacks.append(early_stopping_callback(recipe.early_stopping_patience))
     callbacks += extra_callbacks or []
-    mixins = (GraphStepBoundary,) * graphs + (LeanStepHost, CachedFlopCount, DeferredSftMetrics)
+    mixins = ((GraphStepBoundary,) if graphs else ()) + (LeanStepHost, CachedFlopCount, DeferredSftMetrics)
     trainer_class = type("PipelineSFTTrainer", (*mixins, SFTTrainer), {})
     trainer = trainer_class(model=model, args=config, train_dataset=Dataset.from_list(train_rows),
                             eval_dataset=Dataset.from_list(eval_rows) if evaluating else None,
