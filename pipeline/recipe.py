@@ -214,7 +214,8 @@ class TrainingRecipe(_Section):
     def cuda_graphs_conflicts(self) -> str | None:
         """Why this recipe's steps cannot be replayed as CUDA graphs, or None when they can."""
         if not (self.packing or self.padding_free):
-            return "it needs training.packing or training.padding_free (padded batches take a new shape in almost every step)"
+            return ("it needs training.packing or training.padding_free (padded batches take a new shape in almost "
+                    "every step)")
         if self.gradient_accumulation_steps != 1:
             return ("it needs gradient_accumulation_steps 1 (a recorded backward's gradients are overwritten by the "
                     "next micro-batch's replay)")

@@ -224,8 +224,8 @@ def test_an_eager_gpu_run_stores_its_triton_kernels_and_the_next_run_starts_with
 
 
 def test_a_compiled_run_also_keeps_inductor_s_folder(tiny_model_dir, tmp_path, monkeypatch):
-    """PyTorch's cache artifacts skip code generation, not the kernel builds; the compiled graphs' kernels live in
-    Inductor's cache folder, which the store keeps beside the artifacts and the next machine unpacks first."""
+    """The compiled graphs' Triton kernels live in Inductor's cache folder, which the store keeps beside PyTorch's
+    cache artifacts and the next machine unpacks first; with both restored the compile runs in-process."""
     import torch._inductor.config
 
     compiler = FakeCompiler(monkeypatch, tmp_path / "inductor")

@@ -3,9 +3,9 @@ graphs, Triton kernels) saved after a run and loaded before the next one, throug
 the Triton kernel folder (Liger's fused norm, RoPE, SwiGLU and loss kernels are built on first use in every new
 process that finds it empty, as each new pod does).
 
-A cold compile of a ~1B model's decoder blocks costs ~20 s on an H200, a cached one ~3 s. The
-artifacts are valid only for the torch and transformers that built them, the GPU they were tuned on, the model's
-shape and what the recipe compiles, so those make the key; any other run starts from an empty cache.
+A cold compile of a ~1B model's decoder blocks costs ~20 s on an H200, a cached one ~3 s. The artifacts are valid
+only for the torch and transformers that built them, the GPU they were tuned on, the model's shape and what the
+recipe compiles (CUDA graphs or not), so those make the key; any other run starts from an empty cache.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Compiled blocks make each short-row step faster, but the compile is a fixed cost paid before the first step (about
 20 s cold for the ~1B shape on an H200, 3 s with a cached compile). A small job finishes sooner in eager mode;
-`torch_compile: auto` compiles only when the expected training tokens reach the recipe's break-even count for a cold or cached compile.
+`torch_compile: auto` compiles only when the expected training tokens reach the recipe's break-even count for a
+cold or cached compile.
 """
 
 from __future__ import annotations
