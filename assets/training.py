@@ -46,6 +46,8 @@ def training_metadata(result: dict, registry: ModelRegistry) -> dict:
         metadata["loss_plot"] = dg.MetadataValue.md(f"![loss curve](data:image/png;base64,{base64.b64encode(png).decode()})")
     if result["train_loss"] is not None:
         metadata["train_loss"] = result["train_loss"]
+    if result.get("phases"):  # seconds per phase and the compile decision: what the run waited for, and why
+        metadata["phases"] = dg.MetadataValue.json(result["phases"])
     link = registry.run_link(result["mlflow_run_id"]) if result.get("mlflow_run_id") else None
     if link:
         metadata["mlflow_run"] = dg.MetadataValue.url(link)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from assets.training import training_metadata
 from pipeline.paths import PROJECT_ROOT
 from pipeline.recipe import TrainingRecipe
 from pipeline.training.checkpoints import COMPLETE_MARKER, latest_complete, write_marker
@@ -229,6 +230,9 @@ def test_compiled_blocks_train_to_the_same_losses_as_eager_ones(tiny_model_dir, 
         result = train_sft(train, tiny_model_dir, tmp_path / f"out-{compiled}", recipe, lambda m, x: messages.append(m))
         losses[compiled] = [h["loss"] for h in result.log_history if "loss" in h]
     assert "compiled 2 repeated blocks (dynamic shapes)" in messages
+    # the UI shows what the run waited for and what it decided (no CUDA graphs without a GPU)
+    phases = training_metadata(result.to_dict(), registry=None)["phases"].data
+    assert phases["compiled"] is True and phases["cuda_graphs"] is False and phases["train_s"] > 0
     assert len(losses[True]) == 3
     assert losses[True] == pytest.approx(losses[False], rel=1e-3)
 

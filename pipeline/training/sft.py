@@ -325,5 +325,5 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
         tokens_seen=int(trainer.state.num_input_tokens_seen),
         peak_memory_mb=round(peak_memory_mb(), 1),
         log_history=[h for h in trainer.state.log_history if "loss" in h or "eval_loss" in h or "train_loss" in h],
-        phases={**{k: round(v, 2) for k, v in phases.items()}, **compiling.summary()},
+        phases={**{k: round(v, 2) for k, v in phases.items()}, **compiling.summary(), "cuda_graphs": graphs},
     )
