@@ -79,11 +79,6 @@ def four_compile_threads():
         yield
 
 
-def rows(n: int) -> list[dict]:
-    return [{"prompt": [{"role": "user", "content": f"summarise package {i}"}],
-             "completion": [{"role": "assistant", "content": "a tool"}]} for i in range(n)]
-
-
 def test_a_compile_is_stored_after_the_first_run_and_loaded_by_the_next(tiny_model_dir, tmp_path, monkeypatch):
     compiler = FakeCompiler(monkeypatch, tmp_path / "inductor")
     recipe = TrainingRecipe(torch_compile=True)
@@ -91,13 +86,13 @@ def test_a_compile_is_stored_after_the_first_run_and_loaded_by_the_next(tiny_mod
     report = lambda m, x: messages.append(m)  # noqa: E731
     uri = str(tmp_path / "bucket/compile-cache")
 
-    first = plan_compile(tiny_model_dir, recipe, rows(4), None, uri, report)
+    first = plan_compile(tiny_model_dir, recipe, [100] * 4, uri, report)
     first.restore(report)
     assert first.decision.compile and not first.loaded and compiler.loaded == []
     assert "cache_store_s" in first.persist(report)
     assert first.cache_bytes_stored == len(b"compiled kernels")
 
-    second = plan_compile(tiny_model_dir, recipe, rows(4), None, uri, report)
+    second = plan_compile(tiny_model_dir, recipe, [100] * 4, uri, report)
     assert second.key == first.key and second.decision.cached
     second.restore(report)
     assert second.loaded and compiler.loaded == [b"compiled kernels"]
@@ -110,10 +105,10 @@ def test_an_unreadable_cache_means_a_compile_from_scratch(tiny_model_dir, tmp_pa
     compiler = FakeCompiler(monkeypatch, tmp_path / "inductor")
     recipe = TrainingRecipe(torch_compile=True)
     uri = str(tmp_path / "cache")
-    key = plan_compile(tiny_model_dir, recipe, rows(4), None, uri, lambda m, x: None).key
+    key = plan_compile(tiny_model_dir, recipe, [100] * 4, uri, lambda m, x: None).key
     CompileCacheStore(uri).put(key, b"garbage")
     messages = []
-    plan = plan_compile(tiny_model_dir, recipe, rows(4), None, uri, lambda m, x: messages.append(m))
+    plan = plan_compile(tiny_model_dir, recipe, [100] * 4, uri, lambda m, x: messages.append(m))
     plan.restore(lambda m, x: messages.append(m))
     assert not plan.loaded and "unreadable" in messages[-1]
     plan.persist(lambda m, x: None)  # the fresh compile replaces the broken one
@@ -154,17 +149,13 @@ def test_auto_is_the_default_and_yaml_spellings_parse():
         TrainingRecipe.model_validate({"torch_compile": "sometimes"})
 
 
-def test_expected_tokens_count_the_templated_rows_and_stop_at_max_steps(tiny_model_dir):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    data = rows(40)
-    exact = sum(len(tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=True,
-                                                  return_dict=True)["input_ids"]) for r in data)
-    assert expected_training_tokens(data, tokenizer, TrainingRecipe(epochs=2)) == pytest.approx(2 * exact, rel=1e-6)
-    capped = expected_training_tokens(data, tokenizer, TrainingRecipe(max_steps=2, batch_size=4, packing=False))
-    assert capped == int(exact * 8 / 40)
-    assert expected_training_tokens([], tokenizer, TrainingRecipe()) == 0
+def test_expected_tokens_count_every_token_up_to_max_length_and_stop_at_max_steps():
+    lengths = [100] * 30 + [300] * 10  # 6,000 tokens
+    assert expected_training_tokens(lengths, TrainingRecipe(epochs=2)) == 12_000
+    assert expected_training_tokens(lengths, TrainingRecipe(max_length=200)) == 5_000  # the 300s count as 200
+    # 2 steps of 4 examples: 8 of 40 examples at the mean length
+    assert expected_training_tokens(lengths, TrainingRecipe(max_steps=2, batch_size=4, packing=False)) == 1_200
+    assert expected_training_tokens([], TrainingRecipe()) == 0
 
 
 def test_training_reports_its_phases_and_decision(tiny_model_dir, tmp_path):
@@ -187,9 +178,6 @@ def test_an_eager_gpu_run_stores_its_triton_kernels_and_the_next_run_starts_with
     """Liger's kernels are built in the first steps of every process whose Triton cache is empty (each new pod);
     the first eager run on a GPU stores the files it built under its key and the next run unpacks them before its
     first step. Files that were there before the run (other models' kernels) stay out of the store."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     recipe = TrainingRecipe(torch_compile="auto")
     uri = str(tmp_path / "bucket/compile-cache")
     messages = []
@@ -200,7 +188,7 @@ def test_an_eager_gpu_run_stores_its_triton_kernels_and_the_next_run_starts_with
     (first_pod / "OLD/other_model.cubin").write_bytes(b"built by an earlier run")
     os.utime(first_pod / "OLD/other_model.cubin", (1e9, 1e9))
     monkeypatch.setenv("TRITON_CACHE_DIR", str(first_pod))
-    first = plan_compile(tiny_model_dir, recipe, rows(4), tokenizer, uri, report, on_gpu=True)
+    first = plan_compile(tiny_model_dir, recipe, [100] * 4, uri, report, on_gpu=True)
     assert not first.decision.compile and "eager" in first.decision.reason
     first.restore(report)
     assert first.kernels_loaded == 0
@@ -213,7 +201,7 @@ def test_an_eager_gpu_run_stores_its_triton_kernels_and_the_next_run_starts_with
 
     second_pod = tmp_path / "pod-2/triton"
     monkeypatch.setenv("TRITON_CACHE_DIR", str(second_pod))
-    second = plan_compile(tiny_model_dir, recipe, rows(4), tokenizer, uri, report, on_gpu=True)
+    second = plan_compile(tiny_model_dir, recipe, [100] * 4, uri, report, on_gpu=True)
     assert second.key == first.key
     second.restore(report)
     assert second.kernels_loaded == 3 and not (second_pod / "OLD").exists()
@@ -235,7 +223,7 @@ def test_a_compiled_run_also_keeps_inductor_s_folder(tiny_model_dir, tmp_path, m
     for pod in ("pod-1", "pod-2"):
         monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / pod / "inductor"))
         monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / pod / "inductor/triton/0"))
-        plan = plan_compile(tiny_model_dir, recipe, rows(4), None, uri, report, on_gpu=True)
+        plan = plan_compile(tiny_model_dir, recipe, [100] * 4, uri, report, on_gpu=True)
         plan.restore(report)
         if pod == "pod-1":
             built = tmp_path / pod / "inductor"
@@ -250,7 +238,7 @@ def test_a_compiled_run_also_keeps_inductor_s_folder(tiny_model_dir, tmp_path, m
     assert torch._inductor.config.compile_threads == 1  # all cached: no pool of compile workers to start
     assert (tmp_path / "pod-2/inductor/triton/0/K1/kernel.cubin").read_bytes() == b"triton/0/K1/kernel.cubin"
     # an eager run of the same model keeps its own kernels: it does not take the compiled run's
-    eager = plan_compile(tiny_model_dir, TrainingRecipe(torch_compile=False), rows(4), None, uri, report, on_gpu=True)
+    eager = plan_compile(tiny_model_dir, TrainingRecipe(torch_compile=False), [100] * 4, uri, report, on_gpu=True)
     assert eager.key == plan.key and eager._kernels is None
 
 
@@ -280,7 +268,7 @@ def test_a_cpu_run_keeps_no_kernel_cache(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
     (tmp_path / "triton").mkdir()
     (tmp_path / "triton/k.cubin").write_bytes(b"k")
-    plan = plan_compile(tiny_model_dir, TrainingRecipe(torch_compile=False), rows(4), None, str(tmp_path / "cache"),
+    plan = plan_compile(tiny_model_dir, TrainingRecipe(torch_compile=False), [100] * 4, str(tmp_path / "cache"),
                         lambda m, x: None, on_gpu=False)
     plan.restore(lambda m, x: None)
     assert plan.persist(lambda m, x: None) == {}
@@ -296,7 +284,7 @@ from pipeline.training.compile_plan import plan_compile
 from torch._dynamo.utils import compilation_time_metrics, counters
 
 model_dir, store = Path(sys.argv[1]), sys.argv[2]
-plan = plan_compile(model_dir, TrainingRecipe(torch_compile=True), [], None, store, lambda m, x: None)
+plan = plan_compile(model_dir, TrainingRecipe(torch_compile=True), [], store, lambda m, x: None)
 plan.restore(lambda m, x: None)
 class Block(torch.nn.Module):
     def __init__(self):

@@ -684,12 +684,3 @@ def test_dpo_adapter_is_gathered_through_the_deepspeed_engine(tmp_path):
                                   accelerator=accelerator, is_world_process_zero=lambda: False)
         save_trained_adapter(trainer, tmp_path)
     assert asked == [engine, model]
-
-
-def test_tokenising_uses_a_pool_only_for_datasets_large_enough_to_pay_for_it():
-    from pipeline.training.sft import tokenizing_processes
-
-    assert tokenizing_processes(1_000, cpus=16) is None
-    assert tokenizing_processes(5_000, cpus=16) == 5
-    assert tokenizing_processes(50_000, cpus=16) == 8
-    assert tokenizing_processes(50_000, cpus=2) is None  # CI's two cores: one process

@@ -105,9 +105,9 @@ class CompilePlan:
                 "compile_cache_bytes_stored": self.cache_bytes_stored}
 
 
-def plan_compile(base_path: Path, recipe: TrainingRecipe, rows: list[dict[str, Any]], tokenizer: Any,
-                 cache_uri: str | None, reporter: Reporter, on_gpu: bool | None = None) -> CompilePlan:
-    """Decide from the expected tokens and whether the store holds a compile for this model, GPU and torch, and
+def plan_compile(base_path: Path, recipe: TrainingRecipe, lengths: list[int], cache_uri: str | None,
+                 reporter: Reporter, on_gpu: bool | None = None) -> CompilePlan:
+    """Decide from the expected tokens (`lengths`: the training examples' token counts) and whether the store holds a compile for this model, GPU and torch, and
     fetch the kernels stored under the same key for a run compiled (or eager) as this one will be."""
     import torch
     from transformers import AutoConfig
@@ -119,7 +119,7 @@ def plan_compile(base_path: Path, recipe: TrainingRecipe, rows: list[dict[str, A
         key = cache_key(AutoConfig.from_pretrained(base_path).to_dict(), recipe)
     if store is not None and recipe.torch_compile is not False:
         cached = _fetch(store, key, COMPILED, reporter)
-    tokens = expected_training_tokens(rows, tokenizer, recipe) if recipe.torch_compile == "auto" else 0
+    tokens = expected_training_tokens(lengths, recipe) if recipe.torch_compile == "auto" else 0
     decision = decide_compile(recipe, tokens, cached is not None, on_gpu)
     reporter(decision.reason, {})
     if store is not None and (on_gpu or decision.compile):

@@ -9,7 +9,6 @@ cold or cached compile.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from pipeline.recipe import TrainingRecipe
 
@@ -22,24 +21,19 @@ class CompileDecision:
     cached: bool
 
 
-def expected_training_tokens(rows: list[dict[str, Any]], tokenizer: Any, recipe: TrainingRecipe,
-                             sample: int = 256) -> int:
-    """Tokens the run will train on: the mean templated length of up to `sample` rows (prompt/completion chat
-    records) times the rows it will see (all epochs, or max_steps of batches when that stops it sooner)."""
-    if not rows:
+def expected_training_tokens(lengths: list[int], recipe: TrainingRecipe) -> int:
+    """Tokens the run will train on: the examples' token counts (each cut at max_length) over all epochs, or
+    max_steps of batches when that stops it sooner."""
+    if not lengths:
         return 0
-    step = max(1, len(rows) // sample)
-    picked = rows[::step][:sample]
-    lengths = [len(tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=True, return_dict=True)["input_ids"])
-               for r in picked]
-    mean = sum(min(n, recipe.max_length) for n in lengths) / len(lengths)
-    examples = len(rows) * recipe.epochs
+    tokens = sum(min(n, recipe.max_length) for n in lengths)
+    total = tokens * recipe.epochs
     if recipe.max_steps > 0:
         per_step = recipe.batch_size * recipe.gradient_accumulation_steps
         # a packed row holds about max_length tokens of several examples
-        per_step_tokens = per_step * (recipe.max_length if recipe.packing else mean)
-        return int(min(examples * mean, recipe.max_steps * per_step_tokens))
-    return int(examples * mean)
+        per_step_tokens = per_step * (recipe.max_length if recipe.packing else tokens / len(lengths))
+        return int(min(total, recipe.max_steps * per_step_tokens))
+    return int(total)
 
 
 def decide_compile(recipe: TrainingRecipe, expected_tokens: int, cached: bool, on_gpu: bool) -> CompileDecision:

@@ -15,6 +15,7 @@ from pipeline.training.checkpoint_mirror import mirror_callback, resume_point
 from pipeline.training.distributed import (gather_blocks_whole, save_final_weights_whole, terse_parameter_repr,
                                            trainer_args, whole_model_loading)
 from pipeline.training.checkpoints import marker_callback, no_final_checkpoint_callback
+from pipeline.training.chat_tokens import TokenizedRows, tokenize_prompt_completion
 from pipeline.training.compile_plan import plan_compile
 from pipeline.training.compile_cache import compile_seconds
 from pipeline.training.cuda_graphs import ROW_MULTIPLE, GraphStepBoundary, fixed_shape_collator
@@ -118,15 +119,12 @@ def row_multiple(recipe: TrainingRecipe, cuda_graphs: bool) -> int | None:
     return ROW_MULTIPLE if cuda_graphs else 64
 
 
-def tokenizing_processes(examples: int, cpus: int | None = None) -> int | None:
-    """Processes for tokenising the dataset: one per ~1,000 examples, up to half the CPUs and 8. Chat templating
-    runs ~1 ms an example in one process, so 50k examples would wait most of a minute; below ~2,000 a pool's
-    start costs more than it saves (None: in this process)."""
-    import os
-
-    cpus = cpus or os.cpu_count() or 1
-    processes = min(8, cpus // 2, examples // 1000)
-    return processes if processes >= 2 else None
+def tokenize_rows(rows: list[dict[str, Any]], tokenizer: Any, reporter: Reporter) -> TokenizedRows:
+    tokens = tokenize_prompt_completion(rows, tokenizer)
+    if tokens.prompt_boundary_shifted:  # TRL warns once; an engineer wants the count
+        reporter(f"{tokens.prompt_boundary_shifted} of {len(tokens)} examples: the prompt tokenised alone is not a "
+                 "prefix of the whole conversation tokenised; their completion starts where the two diverge", {})
+    return tokens
 
 
 def cpu_has_bf16() -> bool:
@@ -141,9 +139,8 @@ def _unpacked_padding_free(recipe: TrainingRecipe) -> bool:
     return recipe.padding_free and not recipe.packing
 
 
-def check_lengths(dataset: Any, max_length: int) -> None:
+def check_lengths(lengths: list[int], max_length: int) -> None:
     """Padding-free batches keep every token, so an overlong example is an error to fix upstream, not a silent cut."""
-    lengths = [len(ids) for ids in dataset["input_ids"]]
     too_long = sum(n > max_length for n in lengths)
     if too_long:
         raise ValueError(f"{too_long} of {len(lengths)} training examples are longer than training.max_length="
@@ -202,9 +199,13 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
     rows = load_prompt_completion(train_path)
     # the eval slice is the tail of the (already shuffled) train split, so it is the same on every attempt
     eval_rows = rows[-recipe.eval_examples:] if recipe.eval_examples else []
-    train_rows = rows[: len(rows) - len(eval_rows)]
-    evaluating = bool(eval_rows)
-    compiling = plan_compile(base_path, recipe, train_rows, tokenizer, compile_cache_uri, reporter)
+    tokenize_started = time.monotonic()
+    train_tokens = tokenize_rows(rows[: len(rows) - len(eval_rows)], tokenizer, reporter)
+    eval_tokens = tokenize_rows(eval_rows, tokenizer, reporter) if eval_rows else None
+    tokenize_s = time.monotonic() - tokenize_started
+    if _unpacked_padding_free(recipe):
+        check_lengths(train_tokens.lengths, recipe.max_length)
+    compiling = plan_compile(base_path, recipe, train_tokens.lengths, compile_cache_uri, reporter)
     graphs = cuda_graphs_apply(recipe, compiling.decision.compile, reporter)
 
     checkpoint_dir = output_dir / "checkpoints"
@@ -229,7 +230,7 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
         save_strategy="steps",
         save_steps=recipe.save_steps,
         save_total_limit=recipe.save_total_limit,
-        eval_strategy="steps" if evaluating else "no",
+        eval_strategy="steps" if eval_tokens else "no",
         eval_steps=recipe.eval_steps,
         report_to=[],
         seed=recipe.seed,
@@ -238,7 +239,6 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
         logging_nan_inf_filter=False,  # a NaN loss is reported as NaN (the filter also costs a host sync per step)
         optim=recipe.optimizer,
         dataloader_num_workers=0,
-        dataset_num_proc=tokenizing_processes(len(rows)),
         disable_tqdm=True,
         **device_flags(recipe, compiling.decision.compile),
         **trainer_args(recipe.distributed),
@@ -246,19 +246,20 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
     # after the config: under ZeRO-3 the config makes from_pretrained load each weight partitioned across the ranks
     # (zero.Init), instead of whole on every rank and repartitioned when DeepSpeed starts
     model = load_base(base_path, recipe)
-    phases = {"load_s": time.monotonic() - phase_start}
+    phases = {"load_s": time.monotonic() - phase_start - tokenize_s}
     phase_start = time.monotonic()
     # the marker first: the mirror uploads marked ones
     callbacks = [reporting_callback(reporter), no_final_checkpoint_callback(), marker_callback()]
     if checkpoint_uri:
         callbacks.append(mirror_callback(checkpoint_uri))
-    if evaluating and recipe.early_stopping_patience:
+    if eval_tokens and recipe.early_stopping_patience:
         callbacks.append(early_stopping_callback(recipe.early_stopping_patience))
     callbacks += extra_callbacks or []
     mixins = ((GraphStepBoundary,) if graphs else ()) + (LeanStepHost, CachedFlopCount, DeferredSftMetrics)
     trainer_class = type("PipelineSFTTrainer", (*mixins, SFTTrainer), {})
-    trainer = trainer_class(model=model, args=config, train_dataset=Dataset.from_list(train_rows),
-                            eval_dataset=Dataset.from_list(eval_rows) if evaluating else None,
+    # already tokenised: the trainer skips its own preparation
+    trainer = trainer_class(model=model, args=config, train_dataset=Dataset.from_dict(train_tokens.columns()),
+                            eval_dataset=Dataset.from_dict(eval_tokens.columns()) if eval_tokens else None,
                             processing_class=tokenizer, peft_config=peft_config(recipe), callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # progress goes through the reporter, not raw dicts on stdout
     gather_blocks_whole(trainer.model, recipe.distributed)
@@ -269,9 +270,7 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
         blocks = compile_repeated_blocks(trainer.model, cuda_graphs=graphs)
         replayed = ", replayed as CUDA graphs per row length" if graphs else ""
         reporter(f"compiled {blocks} repeated blocks (dynamic shapes{replayed})", {})
-    if _unpacked_padding_free(recipe):
-        check_lengths(trainer.train_dataset, recipe.max_length)
-    phases["prepare_s"] = time.monotonic() - phase_start  # tokenisation and the trainer's set-up
+    phases["prepare_s"] = tokenize_s + time.monotonic() - phase_start  # tokenisation and the trainer's set-up
     compiled_before = compile_seconds()
 
     resume = resume_point(checkpoint_dir, checkpoint_uri, reporter, trainer.args)
@@ -321,7 +320,7 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
         resumed_from=resume.name if resume else None,
         train_loss=train_loss,
         train_runtime_s=round(runtime, 2),
-        train_examples=len(train_rows),
+        train_examples=len(train_tokens),
         tokens_seen=int(trainer.state.num_input_tokens_seen),
         peak_memory_mb=round(peak_memory_mb(), 1),
         log_history=[h for h in trainer.state.log_history if "loss" in h or "eval_loss" in h or "train_loss" in h],
