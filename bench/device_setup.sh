@@ -11,6 +11,11 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 python3 - <<'PY'
 import importlib.metadata as md
 import torch
+def version(package):
+    try:
+        return md.version(package)
+    except md.PackageNotFoundError:
+        return "absent"
 print("gpu:", torch.cuda.get_device_name(), "x", torch.cuda.device_count(), "| torch", torch.__version__, "|",
-      ", ".join(f"{p} {md.version(p)}" for p in ("transformers", "trl", "peft", "datasets", "accelerate", "pyarrow", "deepspeed")))
+      ", ".join(f"{p} {version(p)}" for p in ("transformers", "trl", "peft", "datasets", "accelerate", "pyarrow", "deepspeed")))
 PY

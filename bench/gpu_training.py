@@ -26,6 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -146,6 +148,11 @@ def profile_callback(label: str, steps: int, first_step: int = 20):
                 _sync()
                 wall_ms = (time.perf_counter() - self.started) * 1e3 / steps
                 self.profiler.__exit__(None, None, None)
+                if os.environ.get("BENCH_TRACE_DIR"):  # the timeline, for chrome://tracing or Perfetto
+                    trace = Path(os.environ["BENCH_TRACE_DIR"]) / f"trace-{label}-{os.getpid()}.json"
+                    trace.parent.mkdir(parents=True, exist_ok=True)
+                    self.profiler.export_chrome_trace(str(trace))
+                    subprocess.run(["gzip", "-f", str(trace)], check=False)
                 events = self.profiler.key_averages()
                 # kernels only: an aten op's device time is its kernels' again
                 gpu_ms = sum(e.self_device_time_total for e in events if not e.key.startswith("aten::")) / 1e3 / steps

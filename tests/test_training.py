@@ -266,6 +266,34 @@ def test_compiled_blocks_take_no_cpu_scalars(tiny_model_dir):
     assert not cpu_scalars
 
 
+def test_compiled_blocks_evaluate_with_a_graph_of_their_own(tiny_model_dir):
+    # the blocks compile without guards on their modules' attributes; an eval call (no grad, dropout off) must
+    # still get its own graph, not replay the training one with dropout on
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.training.sft import compile_repeated_blocks
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),  # B random: the adapter counts
+                           LoraConfig(r=4, lora_alpha=8, lora_dropout=0.5, target_modules="all-linear",
+                                      init_lora_weights=False))
+    ids = torch.randint(0, 100, (1, 24))
+    with torch.no_grad():
+        eager_eval = model.eval()(input_ids=ids).logits
+    torch._dynamo.reset()
+    try:
+        compile_repeated_blocks(model, backend="aot_eager")
+        compiled_train = model.train()(input_ids=ids, labels=ids)  # the training graph, dropout on
+        compiled_train.loss.backward()
+        with torch.no_grad():
+            compiled_eval = model.eval()(input_ids=ids).logits
+    finally:
+        torch._dynamo.reset()
+    assert not torch.allclose(compiled_train.logits, eager_eval, atol=1e-3)  # dropout at 0.5 changes the output
+    assert torch.allclose(compiled_eval, eager_eval, atol=1e-5)
+
+
 def test_real_tokens_are_counted_exactly_when_the_pad_token_ends_each_turn(tiny_model_dir):
     # SmolLM2 pads with <|im_end|>, its end-of-turn token: counting non-pad ids would miss one per turn
     from transformers import AutoTokenizer
@@ -684,3 +712,17 @@ def test_dpo_adapter_is_gathered_through_the_deepspeed_engine(tmp_path):
                                   accelerator=accelerator, is_world_process_zero=lambda: False)
         save_trained_adapter(trainer, tmp_path)
     assert asked == [engine, model]
+
+
+def test_a_training_process_ends_without_teardown_but_with_everything_it_printed_and_logged():
+    script = ("import logging, sys\n"
+              "logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
+              "print('weights saved', end='')\n"  # piped, so only in Python's buffer until flushed
+              "logging.getLogger('pipeline.training').info('result written')\n"
+              "from pipeline.training.process_exit import exit_without_teardown\n"
+              "import atexit; atexit.register(lambda: print('teardown ran'))\n"
+              "exit_without_teardown(3)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3
+    assert done.stdout == "weights saved"  # flushed, and the interpreter's exit handlers did not run
+    assert "result written" in done.stderr

@@ -132,3 +132,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     main()
+    from pipeline.training.process_exit import exit_without_teardown
+
+    exit_without_teardown()  # everything is written and closed; the interpreter's teardown would only cost seconds
