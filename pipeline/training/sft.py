@@ -90,6 +90,12 @@ def compile_repeated_blocks(model: Any, backend: Any = "inductor", cuda_graphs: 
     blocks = next((m for m in model.modules() if is_repeated_blocks(m)), None)
     if blocks is None:
         return 0
+    embeddings = model.get_input_embeddings()
+    if embeddings is not None and not embeddings.weight.requires_grad:
+        # A frozen embedding (LoRA) hands the first block an input without grad, every other block one with grad:
+        # two graphs to trace, compile and record. With its output requiring grad, one graph serves all 16 blocks,
+        # for one more input-gradient matmul chain in the first block's backward.
+        model.enable_input_require_grads()
     # Python floats (LoRA's and attention's scaling) become constants, not 0-d float64 CPU inputs converted by a C++
     # kernel: that one CPU kernel made Inductor probe the CPU's vector ISA, 48 s on the H200 machine, every process
     torch._dynamo.config.specialize_float = True
