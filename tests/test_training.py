@@ -726,3 +726,19 @@ def test_a_training_process_ends_without_teardown_but_with_everything_it_printed
     assert done.returncode == 3
     assert done.stdout == "weights saved"  # flushed, and the interpreter's exit handlers did not run
     assert "result written" in done.stderr
+
+
+def test_a_single_gpu_run_collates_in_a_loader_worker_and_copies_without_blocking(monkeypatch):
+    from pipeline.training import sft
+
+    monkeypatch.setattr(sft, "_on_gpu", lambda: True)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    flags = sft.loader_flags(TrainingRecipe())
+    assert flags["dataloader_num_workers"] == 1 and flags["dataloader_persistent_workers"]
+    assert flags["dataloader_pin_memory"] and flags["accelerator_config"] == {"non_blocking": True}
+    assert sft.loader_flags(TrainingRecipe(distributed="zero2")) == {"dataloader_num_workers": 0}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert sft.loader_flags(TrainingRecipe()) == {"dataloader_num_workers": 0}
+    monkeypatch.setattr(sft, "_on_gpu", lambda: False)
+    monkeypatch.delenv("WORLD_SIZE")
+    assert sft.loader_flags(TrainingRecipe()) == {"dataloader_num_workers": 0}

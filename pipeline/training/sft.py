@@ -93,7 +93,7 @@ def compile_repeated_blocks(model: Any, backend: Any = "inductor", cuda_graphs: 
     embeddings = model.get_input_embeddings()
     if embeddings is not None and not embeddings.weight.requires_grad:
         # A frozen embedding (LoRA) hands the first block an input without grad, every other block one with grad:
-        # two graphs to trace, compile and record. With its output requiring grad, one graph serves all 16 blocks,
+        # two graphs to trace, compile and record. With its output requiring grad, one graph serves every block,
         # for one more input-gradient matmul chain in the first block's backward.
         model.enable_input_require_grads()
     # Python floats (LoRA's and attention's scaling) become constants, not 0-d float64 CPU inputs converted by a C++
@@ -113,8 +113,11 @@ def compile_repeated_blocks(model: Any, backend: Any = "inductor", cuda_graphs: 
 def loader_flags(recipe: TrainingRecipe) -> dict[str, Any]:
     """On a GPU the next batch is collated in a worker process while the GPU trains on this one, and copied to the
     GPU without waiting. Collated in the training process (~7 ms for 16 chat examples on the H200 host), it left the
-    GPU idle at the start of every step, and each blocking copy of its five tensors waited for the GPU to drain."""
-    if not _on_gpu() or recipe.distributed != "none":
+    GPU idle at the start of every step, and each blocking copy of its five tensors waited for the GPU to drain.
+    Runs across several processes keep loading in the training process: the worker was measured on one GPU only."""
+    import os
+
+    if not _on_gpu() or recipe.distributed != "none" or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return {"dataloader_num_workers": 0}
     return {"dataloader_num_workers": 1, "dataloader_persistent_workers": True, "dataloader_pin_memory": True,
             "accelerator_config": {"non_blocking": True}}
