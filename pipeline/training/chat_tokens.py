@@ -1,10 +1,10 @@
 """Prompt/completion chat records to the token ids and labels TRL's SFTTrainer trains on, in one batched pass.
 
 TRL tokenises one example at a time in `Dataset.map`: two chat-template renders and two encodes per example, ~1.3 ms
-each on one core (6.5 s for 5,000 Debian examples). Rendering every template first and encoding them in one batch
-lets the Rust tokenizer use every core, so the same ids and labels take about a second. The rule for where the
-completion starts is TRL's own (`common_prefix_length`), and the trainer, given `input_ids` and `labels`, skips its
-own preparation.
+an example on one core (6.5 s for 5,000 Debian examples). Rendering every template first and encoding them in one
+batch lets the Rust tokenizer use every core: the same ids and labels took 0.7-1.2 s on the 16-core H200 host. The
+rule for where the completion starts is TRL's own (`common_prefix_length`), and the trainer, given `input_ids` and
+`labels`, skips its own preparation.
 """
 
 from __future__ import annotations
