@@ -50,8 +50,12 @@ def test_the_tokenizer_threads_are_on_only_while_encoding(tiny_model_dir, monkey
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     seen = []
     encode = tokenizer.__class__.__call__
-    monkeypatch.setattr(tokenizer.__class__, "__call__",
-                        lambda self, *a, **k: seen.append(os.environ["TOKENIZERS_PARALLELISM"]) or encode(self, *a, **k))
+
+    def encode_and_note_the_setting(self, *args, **kwargs):
+        seen.append(os.environ["TOKENIZERS_PARALLELISM"])
+        return encode(self, *args, **kwargs)
+
+    monkeypatch.setattr(tokenizer.__class__, "__call__", encode_and_note_the_setting)
     tokenize_prompt_completion(prompt_completion_rows(4), tokenizer)
     assert seen == ["true", "true"]
     assert os.environ["TOKENIZERS_PARALLELISM"] == "false"

@@ -107,8 +107,9 @@ class CompilePlan:
 
 def plan_compile(base_path: Path, recipe: TrainingRecipe, lengths: list[int], cache_uri: str | None,
                  reporter: Reporter, on_gpu: bool | None = None) -> CompilePlan:
-    """Decide from the expected tokens (`lengths`: the training examples' token counts) and whether the store holds a compile for this model, GPU and torch, and
-    fetch the kernels stored under the same key for a run compiled (or eager) as this one will be."""
+    """Decide from the expected tokens (`lengths`: the training examples' token counts) and whether the store holds
+    a compile for this model, GPU and torch, and fetch the kernels stored under the same key for a run compiled (or
+    eager) as this one will be."""
     import torch
     from transformers import AutoConfig
 

@@ -227,9 +227,10 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
     train_tokens = tokenize_rows(rows[: len(rows) - len(eval_rows)], tokenizer, reporter)
     eval_tokens = tokenize_rows(eval_rows, tokenizer, reporter) if eval_rows else None
     tokenize_s = time.monotonic() - tokenize_started
+    lengths = train_tokens.lengths
     if _unpacked_padding_free(recipe):
-        check_lengths(train_tokens.lengths, recipe.max_length)
-    compiling = plan_compile(base_path, recipe, train_tokens.lengths, compile_cache_uri, reporter)
+        check_lengths(lengths, recipe.max_length)
+    compiling = plan_compile(base_path, recipe, lengths, compile_cache_uri, reporter)
     graphs = cuda_graphs_apply(recipe, compiling.decision.compile, reporter)
 
     checkpoint_dir = output_dir / "checkpoints"
