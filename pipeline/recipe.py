@@ -194,6 +194,11 @@ class TrainingRecipe(_Section):
         "one (`adamw_torch`), or bitsandbytes' 8-bit states (`adamw_8bit`, `paged_adamw_8bit`: a quarter of the "
         "optimizer memory, CUDA only), which full fine-tuning of larger bases needs.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less memory, ~30% more compute.")
+    activation_memory_budget: float = Field(
+        1.0, gt=0, le=1, description="Compiled blocks: the share of their activations kept for the backward pass. "
+        "Below 1 the compiler recomputes the cheapest of the rest in the backward (elementwise ops first, then the "
+        "smallest matmuls; PyTorch's activation memory budget), so a step needs less memory for a little more "
+        "compute, and unlike gradient_checkpointing it keeps CUDA graphs. Below 1, `torch_compile: auto` compiles.")
     merge_adapter: bool = Field(True, description="Also save base + adapter folded into one safetensors model, for servers without adapters.")
     eval_examples: int = Field(0, ge=0, description="Train examples held back as an eval slice for eval loss and early stopping; 0 turns both off.")
     eval_steps: int = Field(25, gt=0, description="Compute eval loss every this many steps (when eval_examples > 0).")
@@ -209,6 +214,14 @@ class TrainingRecipe(_Section):
     def _varlen_needs_flat_rows(self) -> "TrainingRecipe":
         if self.attn_implementation == "varlen" and not (self.packing or self.padding_free):
             raise ValueError("training.attn_implementation varlen needs training.packing or training.padding_free")
+        return self
+
+    @model_validator(mode="after")
+    def _memory_budget_needs_compile(self) -> "TrainingRecipe":
+        if self.activation_memory_budget < 1 and self.torch_compile is False:
+            raise ValueError("training.activation_memory_budget below 1 is applied by the compiler, and "
+                             "training.torch_compile is false; set torch_compile to auto or true, or use "
+                             "gradient_checkpointing for less memory without compiling")
         return self
 
     def cuda_graphs_conflicts(self) -> str | None:

@@ -142,6 +142,17 @@ def test_auto_compiles_on_a_gpu_only_when_the_tokens_pay_the_compile_back():
     assert decide_compile(tuned, 100, cached=False, on_gpu=True).compile
 
 
+def test_a_memory_budget_compiles_the_blocks_and_has_its_own_cache_key():
+    budget = TrainingRecipe(activation_memory_budget=0.5)
+    decision = decide_compile(budget, 0, cached=False, on_gpu=False)
+    assert decision.compile and "activation_memory_budget 0.5" in decision.reason
+    assert cache_key(LLAMA, budget, device="NVIDIA H200") != cache_key(LLAMA, TrainingRecipe(), device="NVIDIA H200")
+    with pytest.raises(ValueError, match="torch_compile is false"):
+        TrainingRecipe(activation_memory_budget=0.5, torch_compile=False)
+    with pytest.raises(ValueError):
+        TrainingRecipe(activation_memory_budget=0)
+
+
 def test_auto_is_the_default_and_yaml_spellings_parse():
     assert TrainingRecipe().torch_compile == "auto"
     assert TrainingRecipe.model_validate({"torch_compile": True}).torch_compile is True

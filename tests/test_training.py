@@ -266,6 +266,52 @@ def test_compiled_blocks_take_no_cpu_scalars(tiny_model_dir):
     assert not cpu_scalars
 
 
+def _activations_saved_by_a_block(model, ids) -> tuple[int, list]:
+    """Bytes the second block saves for the backward pass (weights left out), and the LoRA gradients."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    block = model.base_model.model.model.layers[1]
+    inside, saved = [False], {}
+    block.register_forward_pre_hook(lambda *_: inside.__setitem__(0, True))
+    block.register_forward_hook(lambda *_: inside.__setitem__(0, False))
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if inside[0] and storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+    loss.backward()
+    return sum(saved.values()), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+
+def test_a_memory_budget_keeps_fewer_activations_for_the_same_gradients(tiny_model_dir):
+    # below 1 the partitioner recomputes part of each block's activations in the backward pass: less memory
+    # kept between forward and backward, the same gradients
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.training.sft import compile_repeated_blocks
+
+    ids = torch.randint(0, 100, (1, 64), generator=torch.Generator().manual_seed(0))
+    kept, grads = {}, {}
+    for budget in (1.0, 0.3):
+        torch.manual_seed(0)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                               LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear",
+                                          init_lora_weights=False))
+        with torch._functorch.config.patch(activation_memory_budget=1.0):  # restored: the call sets it globally
+            torch._dynamo.reset()
+            # the partitioner Inductor uses, without Inductor's code generation (seconds instead of a minute)
+            compile_repeated_blocks(model, backend="aot_eager_decomp_partition", activation_memory_budget=budget)
+            kept[budget], grads[budget] = _activations_saved_by_a_block(model, ids)
+            torch._dynamo.reset()
+    assert 0 < kept[0.3] < 0.6 * kept[1.0]
+    for with_budget, without in zip(grads[0.3], grads[1.0]):
+        torch.testing.assert_close(with_budget, without)
+
+
 def test_compiled_blocks_evaluate_with_a_graph_of_their_own(tiny_model_dir):
     # the blocks compile without guards on their modules' attributes; an eval call (no grad, dropout off) must
     # still get its own graph, not replay the training one with dropout on

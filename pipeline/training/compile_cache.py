@@ -22,7 +22,8 @@ from typing import Any
 from pipeline.recipe import TrainingRecipe
 
 # recipe fields that change the compiled graph (LoRA settings are added for adapter methods)
-_GRAPH_FIELDS = ("method", "attn_implementation", "gradient_checkpointing", "packing", "padding_free")
+_GRAPH_FIELDS = ("method", "attn_implementation", "gradient_checkpointing", "packing", "padding_free",
+                 "activation_memory_budget")
 _NOT_SHAPE = ("_name_or_path", "transformers_version", "architectures")
 
 

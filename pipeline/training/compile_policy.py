@@ -42,6 +42,9 @@ def decide_compile(recipe: TrainingRecipe, expected_tokens: int, cached: bool, o
     setting = recipe.torch_compile
     if setting is True or setting is False:
         return CompileDecision(setting, f"torch_compile is {str(setting).lower()}", expected_tokens, cached)
+    if recipe.activation_memory_budget < 1:  # the budget is the compiler's to apply: memory first
+        return CompileDecision(True, f"torch_compile auto: activation_memory_budget {recipe.activation_memory_budget:g} "
+                               "is applied by compiling the blocks", expected_tokens, cached)
     if not on_gpu:
         return CompileDecision(False, "torch_compile auto: no GPU, compiled blocks do not pay off on a CPU",
                                expected_tokens, cached)

@@ -77,13 +77,16 @@ def device_flags(recipe: TrainingRecipe, compiling: bool | None = None) -> dict[
     return {"bf16": cpu_has_bf16(), "fp16": False, "use_cpu": True}
 
 
-def compile_repeated_blocks(model: Any, backend: Any = "inductor", cuda_graphs: bool = False) -> int:
+def compile_repeated_blocks(model: Any, backend: Any = "inductor", cuda_graphs: bool = False,
+                            activation_memory_budget: float = 1.0) -> int:
     """Compile each repeated block (the decoder layers) in place, with dynamic shapes; returns how many.
 
     Short-sequence steps on a GPU are bound by eager mode's per-op launch cost (LoRA adds five small ops to every
     linear layer); a compiled block runs as a few fused kernels. One graph serves every layer and, being dynamic,
     every row length, so the compile is paid once (regional compilation, as accelerate's `compile_regions`).
-    With `cuda_graphs` the kernels are also recorded as CUDA graphs per row length (`pipeline.training.cuda_graphs`)."""
+    With `cuda_graphs` the kernels are also recorded as CUDA graphs per row length (`pipeline.training.cuda_graphs`).
+    Below 1, `activation_memory_budget` is the share of the blocks' activations kept for the backward pass; the
+    partitioner recomputes the rest at the least cost it can find."""
     import torch
     from accelerate.utils.other import is_repeated_blocks
 
@@ -99,6 +102,10 @@ def compile_repeated_blocks(model: Any, backend: Any = "inductor", cuda_graphs: 
     # Python floats (LoRA's and attention's scaling) become constants, not 0-d float64 CPU inputs converted by a C++
     # kernel: that one CPU kernel made Inductor probe the CPU's vector ISA, 48 s on the H200 machine, every process
     torch._dynamo.config.specialize_float = True
+    # read when each block's graph is split into forward and backward, so it must be set before the first step
+    import torch._functorch.config
+
+    torch._functorch.config.activation_memory_budget = activation_memory_budget
     for block in blocks:
         # Dynamo checks ~150-300 us of guards on the block's modules before every call, host time a short-row
         # step waits for 16 times. The blocks' attributes do not change while training; train and eval calls
@@ -292,9 +299,12 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
     if graphs:
         trainer.data_collator = fixed_shape_collator(trainer.data_collator)
     if compiling.decision.compile:
-        blocks = compile_repeated_blocks(trainer.model, cuda_graphs=graphs)
+        blocks = compile_repeated_blocks(trainer.model, cuda_graphs=graphs,
+                                         activation_memory_budget=recipe.activation_memory_budget)
         replayed = ", replayed as CUDA graphs per row length" if graphs else ""
-        reporter(f"compiled {blocks} repeated blocks (dynamic shapes{replayed})", {})
+        budget = recipe.activation_memory_budget
+        kept = f", keeping {budget:.0%} of their activations" if budget < 1 else ""
+        reporter(f"compiled {blocks} repeated blocks (dynamic shapes{replayed}{kept})", {})
     phases["prepare_s"] = time.monotonic() - phase_start  # the trainer's set-up, the compile cache restored
     compiled_before = compile_seconds()
 
