@@ -134,12 +134,17 @@ class LoraRecipe(_Section):
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA): better at low rank, ~1.5x slower per step.")
 
 
-# Break-even training tokens for torch_compile auto, measured with bench/time_to_model.py on an H200 (~1B LoRA,
-# batches of 16 short chat examples, 688k expected tokens): compiled steps took 21 us a token less than eager ones
-# (21.5 s against 36.0 s); a cold compile cost 20.6 s and slowed the first steps by 3.6 s more, a cached one (the
-# store's kernel folder and cache artifacts) 3.3 s; a compiled run's exit took ~2 s longer (the compile workers).
-# Below these, eager finishes first (bench/results/ttm_lora_1b_5k_compiled_h200_s21.json).
-COMPILE_MIN_TOKENS = 1_300_000
+# Break-even training tokens for torch_compile auto, measured with bench/time_to_model.py on an H200 (LoRA, batches
+# of 16 short chat examples; bench/results/README.md, third to sixth sessions). ~1B shape, 688k tokens: eager steps
+# trained in 36.0-51.1 s (host-bound, so it varied with the host), compiled blocks replayed as CUDA graphs in
+# 18.3-22.9 s (2.6 s of it recording the graphs of 5 row lengths); a cold compile costs 11.7-15.3 s, a cached one
+# 1.9-3.2 s. At 688k tokens a cold compiled run and an eager one came out even (1.51-1.71x against 1.37-1.73x the
+# peer), and compiling also fills the store for the next run, which then takes 0.41-0.55 of the peer's time. 8B
+# shape: compiled steps saved ~90-100 ms each against ~50-80 ms on the 1B shape, but the compile and the recordings
+# cost more too (26-37 s against 15-19 s), so the break-even in steps came out about the same: cold, at 2,500
+# examples (355k tokens) eager won (~64 s against 84.9 s), at 5k compiled won (90.0 s against 115.3 s eager in an
+# earlier session). The cached count was not measured below 688k tokens and is kept from the third session.
+COMPILE_MIN_TOKENS = 650_000
 COMPILE_MIN_TOKENS_CACHED = 300_000
 
 
