@@ -142,8 +142,9 @@ class LoraRecipe(_Section):
 # peer), and compiling also fills the store for the next run, which then takes 0.41-0.55 of the peer's time. 8B
 # shape: compiled steps saved ~90-100 ms each against ~50-80 ms on the 1B shape, but the compile and the recordings
 # cost more too (26-37 s against 15-19 s), so the break-even in steps came out about the same: cold, at 2,500
-# examples (355k tokens) eager won (~64 s against 84.9 s), at 5k compiled won (90.0 s against 115.3 s eager in an
-# earlier session). The cached count was not measured below 688k tokens and is kept from the third session.
+# examples (355k tokens) eager won (~65 s, extrapolated, against 84.9 s), at 5k compiled won (90.0 s against
+# 115.3 s eager in an earlier session). The cached count was not measured below 688k tokens and is kept from the
+# third session.
 COMPILE_MIN_TOKENS = 650_000
 COMPILE_MIN_TOKENS_CACHED = 300_000
 
