@@ -192,6 +192,11 @@ def step_clock():
         def on_step_end(self, args, state, control, **kwargs):
             self.times.append((state.global_step, time.perf_counter()))
 
+        def step_ms(self) -> list[float]:
+            """Each step's wall time in milliseconds, the first from the start of training: where warm-up went."""
+            ends = [self.started] + [t for _, t in self.times] if self.started is not None else []
+            return [round((b - a) * 1000, 1) for a, b in zip(ends, ends[1:])]
+
         def steady_steps_per_s(self, skip: set[int] = frozenset()) -> float:
             """Steps per second after the first fifth of the run (warm-up), leaving out the steps in `skip`
             (profiled ones: the profilers slow them down several times)."""

@@ -81,7 +81,7 @@ def write_subset(target: Path, n: int) -> int:
 def _clock_summary(clock, losses: list[float], steps: int, profilers: list) -> dict:
     skip = set().union(*(p.profiled_steps for p in profilers))  # the profilers slow their steps down
     return {"steps": steps, "steady_steps_per_s": clock.steady_steps_per_s(skip),
-            "first_steps_s": clock.first_steps_s(), "losses": losses}
+            "first_steps_s": clock.first_steps_s(), "step_ms": clock.step_ms(), "losses": losses}
 
 
 def _profilers(spec: dict, label: str) -> list:
@@ -128,6 +128,9 @@ def peer_worker(model_dir: Path, train: Path, method: str, out: Path, overrides:
 
 def ours_worker(model_dir: Path, train: Path, method: str, out: Path, overrides: dict, cache_uri: str | None,
                 profilers: list) -> dict:
+    from pipeline.training.process_start import pause_collector
+
+    pause_collector()  # as `python -m pipeline.training` starts
     import torch
 
     from pipeline.recipe import TrainingRecipe
@@ -202,6 +205,24 @@ def unsloth_worker(model_dir: Path, train: Path, method: str, out: Path, overrid
             "unsloth": unsloth.__version__, **_clock_summary(clock, losses, trainer.state.global_step, profilers)}
 
 
+def _time_garbage_collections() -> dict:
+    """Seconds and count of the cyclic garbage collector's passes per generation, filled in as the run goes."""
+    import gc
+
+    totals = {"seconds": [0.0, 0.0, 0.0], "passes": [0, 0, 0]}
+    started = [0.0]
+
+    def clock(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            totals["seconds"][info["generation"]] += time.perf_counter() - started[0]
+            totals["passes"][info["generation"]] += 1
+
+    gc.callbacks.append(clock)
+    return totals
+
+
 def run_worker(kind: str, spec: dict, work: Path, cache_uri: str | None, unsloth_site: Path | None = None,
                extra_env: dict | None = None, cprofile: Path | None = None) -> dict:
     """Spawn one run as its own process (fresh Inductor and Triton caches) and time it from spawn to exit;
@@ -216,6 +237,8 @@ def run_worker(kind: str, spec: dict, work: Path, cache_uri: str | None, unsloth
                    UNSLOTH_COMPILE_LOCATION=f"{local_caches}/unsloth")
     env.update(extra_env or {})
     profiling = ["-m", "cProfile", "-o", str(cprofile)] if cprofile else []
+    if cprofile:
+        env["BENCH_CPROFILE"] = "1"
     command = [sys.executable, *profiling, __file__, "--worker", kind, "--spec", json.dumps(spec),
                "--result", str(result_path)]
     if cache_uri:
@@ -281,15 +304,18 @@ def main() -> None:
         out = Path(spec["out"])
         model, train, method = Path(spec["model"]), Path(spec["train"]), spec["method"]
         profilers = _profilers(spec, args.worker)
+        gc_time = _time_garbage_collections()
         if args.worker == "peer":
             r = peer_worker(model, train, method, out, spec["overrides"], profilers)
         elif args.worker == "unsloth":
             r = unsloth_worker(model, train, method, out, spec["overrides"], profilers)
         else:
             r = ours_worker(model, train, method, out, spec["overrides"], args.cache_uri, profilers)
+        r["gc"] = gc_time
         r["marks"]["done"] = time.time()  # what follows is the interpreter's teardown
         args.result.write_text(json.dumps(r))
-        if args.worker == "ours":  # as `python -m pipeline.training` ends
+        if args.worker == "ours" and not os.environ.get("BENCH_CPROFILE"):  # as `python -m pipeline.training` ends
+            # (under cProfile the process must end normally, for the profile to be written)
             from pipeline.training.process_exit import exit_without_teardown
 
             exit_without_teardown()

@@ -43,3 +43,10 @@ def test_runs_other_than_one_epoch_are_refused_before_any_work(override, monkeyp
     with pytest.raises(SystemExit) as exit_:
         main()
     assert exit_.value.code == 2 and "may not set max_steps or epochs" in capsys.readouterr().err
+
+
+def test_step_times_count_the_first_step_from_the_start_of_training():
+    clock = step_clock()
+    clock.started = 0.0
+    _run(clock, [3.0, 1.5, 0.04])
+    assert clock.step_ms() == [3000.0, 1500.0, 40.0]

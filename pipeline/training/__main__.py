@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    from pipeline.training.process_start import pause_collector
+
+    pause_collector()  # until the trainer is built (train_sft and train_dpo resume it)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     main()
     from pipeline.training.process_exit import exit_without_teardown

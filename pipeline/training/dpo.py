@@ -65,6 +65,11 @@ def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any],
     """Train DPO from the SFT result `sft` (its adapter_path or model_path); save under `output_dir`."""
     from datasets import Dataset
     from transformers import AutoTokenizer, PrinterCallback, set_seed
+
+    from pipeline.training.process_start import resume_collector
+    from pipeline.training.trl_import import import_trl
+
+    import_trl()
     from trl import DPOConfig, DPOTrainer
 
     from pipeline.models.base_model import file_sha256, weights_sha256
@@ -110,6 +115,7 @@ def train_dpo(pairs: list[dict[str, Any]], base_path: Path, sft: dict[str, Any],
                          + ([mirror_callback(checkpoint_uri)] if checkpoint_uri else []))
     trainer.remove_callback(PrinterCallback)
     gather_blocks_whole(trainer.model, training.distributed)
+    resume_collector()  # set-up is done: its objects are frozen, out of the collector's passes
     resume = resume_point(checkpoint_dir, checkpoint_uri, reporter, trainer.args)
     started = time.monotonic()
     with terse_parameter_repr(training.distributed):

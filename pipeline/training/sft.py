@@ -217,6 +217,11 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
     phase_start = time.monotonic()  # the load phase counts these imports too
     from datasets import Dataset
     from transformers import AutoTokenizer, PrinterCallback, set_seed
+
+    from pipeline.training.process_start import resume_collector
+    from pipeline.training.trl_import import import_trl
+
+    import_trl()
     from trl import SFTConfig, SFTTrainer
 
     from pipeline.models.base_model import file_sha256, weights_sha256
@@ -307,6 +312,7 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
         reporter(f"compiled {blocks} repeated blocks (dynamic shapes{replayed}{kept})", {})
     phases["prepare_s"] = time.monotonic() - phase_start  # the trainer's set-up, the compile cache restored
     compiled_before = compile_seconds()
+    resume_collector()  # set-up is done: its objects are frozen, out of the collector's passes
 
     resume = resume_point(checkpoint_dir, checkpoint_uri, reporter, trainer.args)
     started = time.monotonic()
