@@ -2,10 +2,10 @@
 
 Importing torch, transformers and TRL, loading the model and building the trainer create about a million objects
 that live as long as the process. While they are created, Python's cyclic collector runs full passes over all of
-them: 8-12 passes, 1.4-2.3 s of a 1B LoRA run's process on the H200 machine, for nothing to collect. So the
-collector is paused from the start until the trainer is built; then what set-up created is frozen (kept out of
-every later pass) and the collector resumes for what training creates. The frozen objects are never collected:
-set-up's few garbage cycles stay in memory (the 1B run's peak GPU memory was the same).
+them: 10-12 passes, 1.4-2.3 s of a 1B LoRA run's process on the H200 machine. So the collector is paused from
+the start until the trainer is built; then what set-up created is frozen (kept out of every later pass) and the
+collector resumes for what training creates. The frozen objects are never collected: set-up's garbage cycles stay
+in memory (the 1B run's peak GPU memory was the same).
 """
 
 from __future__ import annotations
