@@ -19,6 +19,7 @@ from pipeline.training.chat_tokens import TokenizedRows, tokenize_prompt_complet
 from pipeline.training.compile_plan import plan_compile
 from pipeline.training.compile_cache import compile_seconds
 from pipeline.training.cuda_graphs import ROW_MULTIPLE, GraphStepBoundary, fixed_shape_collator
+from pipeline.training.graph_recording import speed_up_graph_recording
 from pipeline.training.methods import check_method_runs_here, load_base, peft_config
 from pipeline.training.monitoring import Reporter, early_stopping_callback, peak_memory_mb, reporting_callback
 
@@ -304,6 +305,8 @@ def train_sft(train_path: Path, base_path: Path, output_dir: Path, recipe: Train
     if graphs:
         trainer.data_collator = fixed_shape_collator(trainer.data_collator)
     if compiling.decision.compile:
+        if graphs:
+            reporter(speed_up_graph_recording(), {})
         blocks = compile_repeated_blocks(trainer.model, cuda_graphs=graphs,
                                          activation_memory_budget=recipe.activation_memory_budget)
         replayed = ", replayed as CUDA graphs per row length" if graphs else ""
