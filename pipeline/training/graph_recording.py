@@ -4,9 +4,9 @@ Before a compiled block's graph is recorded, each of its inputs is checked again
 the step's path (is it one of them, and is that one still alive?), and the liveness of every such output is listed.
 The stock checks build the input's storage object again and dereference the output's weak reference for every pair,
 in Python. A LoRA step of the ~1B shape records 32 graphs per row length (16 blocks, forward and backward), each
-with dozens of inputs, against a path that grows to hundreds of outputs: 3.9M weak-reference checks per run, most of
-the ~0.9 s that recording each row length took on the H200 (whole-run cProfile, bench/results/README.md, seventh
-session).
+with dozens of inputs, against a path that grows to hundreds of outputs: 3.9M weak-reference checks in a 5k-example
+run. On the H200, recording a row length took 1.2-1.9 s with these checks and 0.4-0.7 s with the ones below, and a
+cached 5k run 28-30 s against 22-26 s (bench/results/README.md, eighth session).
 
 The replacements give the same answers in the same order: the input's data pointer is read once, and an output's
 weak reference is checked only when its recorded data pointer matches. They are installed only over methods whose
