@@ -27,7 +27,7 @@ def restored_node_class(monkeypatch):
 
 def a_recorded_path(seed: int):
     """Outputs of a few recorded graphs: live ones, dead ones (their memory free for reuse) and Nones, plus tensors
-    to look up: outputs, views of them, fresh tensors (some at a dead output's address) and parameters."""
+    to look up: outputs, views of them and fresh tensors (some at a dead output's address)."""
     rng = random.Random(seed)
     keep, path_weakrefs = [], []
     for _ in range(rng.randint(1, 6)):

@@ -80,19 +80,21 @@ def _liveness(is_live: Callable[[Any], bool], for_none: bool | None) -> Callable
     return _get_liveness
 
 
+def _dump(statements: list[ast.stmt]) -> str:
+    return "\n".join(ast.dump(statement) for statement in statements)
+
+
 def _statements(function: Any) -> str:
     """The function's statements as a syntax tree dump: formatting, comments, annotations and docstring aside."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
-    body = tree.body[0].body
+    body = ast.parse(textwrap.dedent(inspect.getsource(function))).body[0].body
     if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
         body = body[1:]  # the docstring
-    return "\n".join(ast.dump(statement) for statement in body)
+    return _dump(body)
 
 
 def _stock(name: str) -> set[str]:
     bodies = _STOCK_BODIES[name]
-    return {"\n".join(ast.dump(statement) for statement in ast.parse(textwrap.dedent(body)).body)
-            for body in ((bodies,) if isinstance(bodies, str) else bodies)}
+    return {_dump(ast.parse(textwrap.dedent(body)).body) for body in ((bodies,) if isinstance(bodies, str) else bodies)}
 
 
 def stock_methods_differ(node_class: Any) -> list[str]:
